@@ -1,0 +1,408 @@
+//! Device sets: devices grouped by a key the driver chooses (a singleton set when it chooses
+//! none), sharing one set-wide lock. Under that lock the framework counts opens and calls
+//! `open_device` only on a device's first open and `close_device` only on its last close.
+//!
+//! Lifecycle of a device: **init** (the driver builds it, taking its budget) → **register**
+//! ([`DeviceSets::register`]: it joins its set) → served → **unregister** (the last
+//! [`DeviceHandle`] drops: it leaves its set, and the set is freed with its last device) →
+//! **uninit** (the device value drops, returning its budget). A failure at any step undoes
+//! exactly the steps before it, because each step is owned by a value that undoes it on drop.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use log::{debug, info, warn};
+
+use crate::device::Device;
+use crate::error::DeviceError;
+use crate::irq::Interrupts;
+use crate::owner::{ConnectionId, OwnerId};
+
+/// The key devices of one set share (vfio-pci uses the reset scope: a slot or a bus).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceSetKey(pub String);
+
+impl From<&str> for DeviceSetKey {
+    fn from(s: &str) -> Self {
+        DeviceSetKey(s.to_string())
+    }
+}
+
+/// Identity of a registered device, unique in the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct DeviceId(pub u64);
+
+/// The state of one member of a set, as hooks see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberState {
+    /// The device.
+    pub id: DeviceId,
+    /// Its name (instance UUID or PCI address).
+    pub name: String,
+    /// Its open connections and who owns them.
+    pub opens: Vec<(ConnectionId, OwnerId)>,
+}
+
+impl MemberState {
+    /// True when no connection holds the device open.
+    pub fn is_closed(&self) -> bool {
+        self.opens.is_empty()
+    }
+
+    /// True when every open of the device belongs to `owner` (vacuously true when closed).
+    pub fn is_open_only_by(&self, owner: OwnerId) -> bool {
+        self.opens.iter().all(|(_, o)| *o == owner)
+    }
+}
+
+/// What a lifecycle hook sees of its set: every member's open state, taken under the set
+/// lock, so it cannot change while the hook runs.
+#[derive(Clone, Debug)]
+pub struct SetContext {
+    /// The device the hook runs for.
+    pub this: DeviceId,
+    /// The owner whose request led to the hook (the opener, the closer, the resetter).
+    pub requester: Option<OwnerId>,
+    /// Every device of the set, this one included.
+    pub members: Vec<MemberState>,
+}
+
+impl SetContext {
+    /// True when no device of the set is open.
+    pub fn set_is_idle(&self) -> bool {
+        self.members.iter().all(MemberState::is_closed)
+    }
+
+    /// True when every device of the set is closed or open only by `owner`.
+    pub fn set_is_owned_by(&self, owner: OwnerId) -> bool {
+        self.members.iter().all(|m| m.is_open_only_by(owner))
+    }
+
+    /// The state of `id` in the set.
+    pub fn member(&self, id: DeviceId) -> Option<&MemberState> {
+        self.members.iter().find(|m| m.id == id)
+    }
+}
+
+struct SetState {
+    members: Vec<MemberState>,
+}
+
+/// One device set: the set-wide lock and the open state of every member.
+pub struct DeviceSet {
+    key: Option<DeviceSetKey>,
+    serial: u64,
+    state: Mutex<SetState>,
+    registry: Weak<Registry>,
+}
+
+impl std::fmt::Debug for DeviceSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceSet")
+            .field("name", &self.name())
+            .finish()
+    }
+}
+
+impl DeviceSet {
+    /// The key, or `None` for a singleton set.
+    pub fn key(&self) -> Option<&DeviceSetKey> {
+        self.key.as_ref()
+    }
+
+    /// A printable name: the key, or `singleton-N`.
+    pub fn name(&self) -> String {
+        match &self.key {
+            Some(k) => k.0.clone(),
+            None => format!("singleton-{}", self.serial),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SetState> {
+        // Hooks run under this lock; a panicking hook must not wedge the whole set.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A snapshot of every member's open state, taken under the set lock.
+    pub fn snapshot(&self, this: DeviceId, requester: Option<OwnerId>) -> SetContext {
+        let st = self.lock();
+        SetContext {
+            this,
+            requester,
+            members: st.members.clone(),
+        }
+    }
+
+    /// Number of devices in the set.
+    pub fn len(&self) -> usize {
+        self.lock().members.len()
+    }
+
+    /// True when the set has no device (only while its last device is leaving).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for DeviceSet {
+    fn drop(&mut self) {
+        let Some(key) = &self.key else { return };
+        if let Some(reg) = self.registry.upgrade() {
+            let mut sets = reg.lock();
+            // Remove our entry only if it is still ours (a new set with the same key may
+            // already have replaced it).
+            if sets.get(key).is_some_and(|w| w.strong_count() == 0) {
+                sets.remove(key);
+            }
+        }
+        debug!("device set {} freed", key.0);
+    }
+}
+
+struct Registry {
+    sets: Mutex<HashMap<DeviceSetKey, Weak<DeviceSet>>>,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<DeviceSetKey, Weak<DeviceSet>>> {
+        self.sets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The registry of device sets of one driver (or one process): devices registered with the
+/// same key join the same set.
+#[derive(Clone)]
+pub struct DeviceSets {
+    registry: Arc<Registry>,
+}
+
+impl Default for DeviceSets {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeviceSets {
+    /// An empty registry.
+    pub fn new() -> Self {
+        DeviceSets {
+            registry: Arc::new(Registry {
+                sets: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Number of live keyed sets (singletons are not listed).
+    pub fn keyed_sets(&self) -> usize {
+        self.registry
+            .lock()
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count()
+    }
+
+    /// Registers `device` under `name`, joining the set `key` (created if it does not exist)
+    /// or a new singleton set.
+    pub fn register(
+        &self,
+        name: &str,
+        device: Box<dyn Device>,
+        key: Option<DeviceSetKey>,
+    ) -> Arc<DeviceHandle> {
+        static SERIAL: AtomicU64 = AtomicU64::new(1);
+        let id = DeviceId(SERIAL.fetch_add(1, Ordering::Relaxed));
+        let new_set = |key: Option<DeviceSetKey>| {
+            Arc::new(DeviceSet {
+                key,
+                serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+                state: Mutex::new(SetState {
+                    members: Vec::new(),
+                }),
+                registry: Arc::downgrade(&self.registry),
+            })
+        };
+        let set = match key {
+            None => new_set(None),
+            Some(key) => {
+                let mut sets = self.registry.lock();
+                match sets.get(&key).and_then(Weak::upgrade) {
+                    Some(set) => set,
+                    None => {
+                        let set = new_set(Some(key.clone()));
+                        sets.insert(key, Arc::downgrade(&set));
+                        set
+                    }
+                }
+            }
+        };
+        set.lock().members.push(MemberState {
+            id,
+            name: name.to_string(),
+            opens: Vec::new(),
+        });
+        info!("{name}: registered in device set {}", set.name());
+        let interrupts = device.interrupts().clone();
+        Arc::new(DeviceHandle {
+            id,
+            name: name.to_string(),
+            set,
+            device: Mutex::new(device),
+            interrupts,
+        })
+    }
+}
+
+/// A registered device: its set membership, the device itself behind its mutex, and the open
+/// bookkeeping. Dropping the last handle unregisters the device.
+pub struct DeviceHandle {
+    id: DeviceId,
+    name: String,
+    set: Arc<DeviceSet>,
+    device: Mutex<Box<dyn Device>>,
+    interrupts: Arc<Interrupts>,
+}
+
+impl std::fmt::Debug for DeviceHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceHandle")
+            .field("name", &self.name)
+            .field("set", &self.set.name())
+            .finish()
+    }
+}
+
+impl DeviceHandle {
+    /// The device's id.
+    pub fn id(&self) -> DeviceId {
+        self.id
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The set the device belongs to.
+    pub fn set(&self) -> &Arc<DeviceSet> {
+        &self.set
+    }
+
+    /// The device's interrupts.
+    pub fn interrupts(&self) -> &Arc<Interrupts> {
+        &self.interrupts
+    }
+
+    /// Locks the device for an access. Takes only the device's mutex, never the set lock.
+    pub fn lock(&self) -> MutexGuard<'_, Box<dyn Device>> {
+        // A device that panicked mid-access keeps its last state; the server keeps serving.
+        self.device.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of connections holding the device open.
+    pub fn open_count(&self) -> usize {
+        let st = self.set.lock();
+        st.members
+            .iter()
+            .find(|m| m.id == self.id)
+            .map_or(0, |m| m.opens.len())
+    }
+
+    /// Opens the device for connection `conn` of `owner`. On the first open, `open_device`
+    /// runs under the set lock; if it fails the open fails and the count stays 0.
+    pub fn open(&self, conn: ConnectionId, owner: OwnerId) -> Result<(), DeviceError> {
+        let mut st = self.set.lock();
+        let pos = Self::position(&st, self.id)?;
+        if st.members[pos].opens.iter().any(|(c, _)| *c == conn) {
+            return Err(DeviceError::Busy(
+                "connection already holds the device open",
+            ));
+        }
+        if st.members[pos].opens.is_empty() {
+            let ctx = SetContext {
+                this: self.id,
+                requester: Some(owner),
+                members: st.members.clone(),
+            };
+            if let Err(e) = self.lock().open_device(&ctx) {
+                warn!("{}: open_device failed for {conn}: {e}", self.name);
+                return Err(e);
+            }
+            info!("{}: open_device (first open, {conn} of {owner})", self.name);
+        }
+        st.members[pos].opens.push((conn, owner));
+        debug!(
+            "{}: {conn} opened, {} open",
+            self.name,
+            st.members[pos].opens.len()
+        );
+        Ok(())
+    }
+
+    /// Closes connection `conn`'s open: its eventfds are dropped, and on the last close
+    /// `close_device` runs under the set lock. Closing a connection that is not open is a no-op.
+    pub fn close(&self, conn: ConnectionId) {
+        let mut st = self.set.lock();
+        let Ok(pos) = Self::position(&st, self.id) else {
+            return;
+        };
+        let Some(i) = st.members[pos].opens.iter().position(|(c, _)| *c == conn) else {
+            return;
+        };
+        let (_, owner) = st.members[pos].opens.remove(i);
+        self.interrupts.release(conn);
+        if st.members[pos].opens.is_empty() {
+            let ctx = SetContext {
+                this: self.id,
+                requester: Some(owner),
+                members: st.members.clone(),
+            };
+            self.lock().close_device(&ctx);
+            info!(
+                "{}: close_device (last close, {conn} of {owner})",
+                self.name
+            );
+        } else {
+            debug!(
+                "{}: {conn} closed, {} still open",
+                self.name,
+                st.members[pos].opens.len()
+            );
+        }
+    }
+
+    /// A client's DEVICE_RESET, run under the set lock so the device sees a stable set.
+    pub fn reset(&self, requester: OwnerId) -> Result<(), DeviceError> {
+        let st = self.set.lock();
+        let ctx = SetContext {
+            this: self.id,
+            requester: Some(requester),
+            members: st.members.clone(),
+        };
+        let r = self.lock().reset(&ctx);
+        drop(st);
+        if r.is_ok() {
+            self.interrupts.reset();
+        }
+        r
+    }
+
+    fn position(st: &SetState, id: DeviceId) -> Result<usize, DeviceError> {
+        st.members
+            .iter()
+            .position(|m| m.id == id)
+            .ok_or(DeviceError::InvalidArgument("device is not registered"))
+    }
+}
+
+impl Drop for DeviceHandle {
+    fn drop(&mut self) {
+        let mut st = self.set.lock();
+        st.members.retain(|m| m.id != self.id);
+        info!(
+            "{}: unregistered from device set {}",
+            self.name,
+            self.set.name()
+        );
+    }
+}

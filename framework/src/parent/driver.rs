@@ -1,0 +1,52 @@
+//! What a sample driver (mtty, mdpy, mbochs, pci-passthrough) implements for the parent
+//! runtime: its types and how to create an instance of one.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use crate::device::Device;
+use crate::device_set::DeviceSetKey;
+use crate::error::DeviceError;
+
+/// One type a parent offers (`/sys/.../mdev_supported_types/NAME`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MdevType {
+    /// Type name, e.g. `mtty-2`.
+    pub name: String,
+    /// Human description.
+    pub description: String,
+    /// Device API, `vfio-pci`.
+    pub device_api: String,
+    /// How many more instances the budgets allow right now.
+    pub available_instances: u64,
+}
+
+/// Options given at create time (`port0=socket:/run/x.sock`, `edid=off`, …).
+pub type CreateParams = BTreeMap<String, String>;
+
+/// A device a driver created, with the set it joins.
+pub struct NewDevice {
+    /// The device. Dropping it must give back every budget it took.
+    pub device: Box<dyn Device>,
+    /// Its device-set key; `None` for a singleton set.
+    pub set_key: Option<DeviceSetKey>,
+}
+
+/// A driver of mediated devices.
+pub trait MdevDriver: Send + Sync + 'static {
+    /// The driver's name (`mtty`).
+    fn name(&self) -> &str;
+
+    /// The types offered, with availability computed from the budgets now.
+    fn types(&self) -> Vec<MdevType>;
+
+    /// Builds a device of `type_name` for `uuid`. Fails (taking nothing) when the type is
+    /// unknown (EINVAL), a budget is short (ENOSPC) or a parameter is bad (EINVAL).
+    fn create(
+        &self,
+        type_name: &str,
+        uuid: Uuid,
+        params: &CreateParams,
+    ) -> Result<NewDevice, DeviceError>;
+}

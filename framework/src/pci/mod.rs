@@ -1,0 +1,9 @@
+//! PCI configuration space emulation: the standard type-0 header, BAR sizing, the command and
+//! status registers, and a capability chain. Devices describe their BARs and capabilities;
+//! they never poke config-space bytes themselves.
+
+mod capability;
+mod config;
+
+pub use capability::*;
+pub use config::*;

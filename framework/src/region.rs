@@ -1,0 +1,235 @@
+//! Regions of a VFIO PCI device and the shared memory that backs the mmap-able ones.
+//!
+//! Region indices follow VFIO's PCI layout: BAR0–BAR5 are 0–5, the expansion ROM is 6,
+//! config space is 7 and the legacy VGA window is 8.
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+
+use bitflags::bitflags;
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{FileOffset, VolatileMemory};
+
+/// VFIO PCI region index of BAR `n` is `n`.
+pub const BAR0_REGION_INDEX: u32 = 0;
+/// VFIO PCI region index of BAR2.
+pub const BAR2_REGION_INDEX: u32 = 2;
+/// VFIO PCI region index of BAR5.
+pub const BAR5_REGION_INDEX: u32 = 5;
+/// VFIO PCI region index of the expansion ROM.
+pub const ROM_REGION_INDEX: u32 = 6;
+/// VFIO PCI region index of config space.
+pub const CONFIG_REGION_INDEX: u32 = 7;
+/// VFIO PCI region index of the legacy VGA window.
+pub const VGA_REGION_INDEX: u32 = 8;
+/// Number of regions a VFIO PCI device reports.
+pub const PCI_NUM_REGIONS: u32 = 9;
+
+bitflags! {
+    /// `vfio_region_info.flags`.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct RegionFlags: u32 {
+        /// The region can be read with REGION_READ.
+        const READ = 1 << 0;
+        /// The region can be written with REGION_WRITE.
+        const WRITE = 1 << 1;
+        /// The region (or the sparse areas listed for it) can be mmap'd from the fd.
+        const MMAP = 1 << 2;
+        /// The reply carries a capability chain.
+        const CAPS = 1 << 3;
+    }
+}
+
+/// A part of a region a client may map directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SparseArea {
+    /// Offset inside the region.
+    pub offset: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+/// The file a mmap-able region is backed by: the client maps `file` at `file_offset` plus
+/// the area's offset.
+#[derive(Clone, Debug)]
+pub struct MmapBacking {
+    /// The file handed to the client with the region info reply.
+    pub file: Arc<File>,
+    /// Offset of the region's first byte in `file`.
+    pub file_offset: u64,
+    /// The mmap-able parts of the region.
+    pub areas: Vec<SparseArea>,
+}
+
+/// What a client learns of one region.
+#[derive(Clone, Debug, Default)]
+pub struct RegionInfo {
+    /// Size in bytes; 0 for an unimplemented region.
+    pub size: u64,
+    /// Access flags (`CAPS` is added by the server when it sends a capability chain).
+    pub flags: RegionFlags,
+    /// Present when part of the region can be mapped by the client.
+    pub mmap: Option<MmapBacking>,
+}
+
+impl RegionInfo {
+    /// A region that does not exist (size 0, no access).
+    pub fn absent() -> Self {
+        Self::default()
+    }
+
+    /// A trapped region: every access is a message.
+    pub fn trapped(size: u64) -> Self {
+        RegionInfo {
+            size,
+            flags: RegionFlags::READ | RegionFlags::WRITE,
+            mmap: None,
+        }
+    }
+
+    /// A region wholly backed by `memory`, mmap-able as one area.
+    pub fn shared(memory: &SharedMemory) -> Self {
+        RegionInfo {
+            size: memory.len() as u64,
+            flags: RegionFlags::READ | RegionFlags::WRITE | RegionFlags::MMAP,
+            mmap: Some(MmapBacking {
+                file: memory.file().clone(),
+                file_offset: 0,
+                areas: vec![SparseArea {
+                    offset: 0,
+                    size: memory.len() as u64,
+                }],
+            }),
+        }
+    }
+}
+
+/// Memory shared with clients through a memfd: a framebuffer BAR the guest writes without a
+/// message per access, and that the server (or a viewer) reads at any time.
+pub struct SharedMemory {
+    file: Arc<File>,
+    map: MmapRegion,
+}
+
+impl std::fmt::Debug for SharedMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedMemory")
+            .field("len", &self.map.size())
+            .finish()
+    }
+}
+
+impl SharedMemory {
+    /// Creates `size` bytes of zeroed shared memory named `name` (visible in /proc/PID/fd).
+    pub fn new(name: &str, size: usize) -> io::Result<Self> {
+        let cname =
+            std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let fd =
+            nix::sys::memfd::memfd_create(&cname, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
+                .map_err(io::Error::from)?;
+        let file = File::from(fd);
+        file.set_len(size as u64)?;
+        Self::from_file(file, size)
+    }
+
+    /// Maps an existing file (a memfd a client sent, or one this process made) shared.
+    pub fn from_file(file: File, size: usize) -> io::Result<Self> {
+        let file = Arc::new(file);
+        let map = MmapRegion::from_file(FileOffset::from_arc(file.clone(), 0), size)
+            .map_err(|e| io::Error::other(format!("mmap of {size} bytes failed: {e}")))?;
+        Ok(SharedMemory { file, map })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.map.size()
+    }
+
+    /// True when the memory has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The memfd, to hand to clients.
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
+    /// Copies bytes out at `offset`. Fails with EINVAL when the range does not fit.
+    pub fn read(&self, offset: u64, data: &mut [u8]) -> io::Result<()> {
+        let slice = self.slice(offset, data.len())?;
+        slice.copy_to(data);
+        Ok(())
+    }
+
+    /// Copies bytes in at `offset`. Fails with EINVAL when the range does not fit.
+    pub fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let slice = self.slice(offset, data.len())?;
+        slice.copy_from(data);
+        Ok(())
+    }
+
+    /// Fills the whole memory with zeroes.
+    pub fn clear(&self) {
+        // A zero-length or full-size slice at 0 always fits.
+        if let Ok(slice) = self.map.get_slice(0, self.len()) {
+            // Write in chunks to avoid a large temporary allocation.
+            let zeros = [0u8; 4096];
+            let mut off = 0;
+            while off < self.len() {
+                let n = (self.len() - off).min(zeros.len());
+                if let Ok(part) = slice.subslice(off, n) {
+                    part.copy_from(&zeros[..n]);
+                }
+                off += n;
+            }
+        }
+    }
+
+    fn slice(&self, offset: u64, len: usize) -> io::Result<vm_memory::VolatileSlice<'_, ()>> {
+        let offset =
+            usize::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        self.map
+            .get_slice(offset, len)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn shared_memory_is_visible_through_its_file() {
+        let mem = SharedMemory::new("test", 8192).unwrap();
+        mem.write(4096, b"pixels").unwrap();
+        let mut buf = [0u8; 6];
+        mem.file().read_exact_at(&mut buf, 4096).unwrap();
+        assert_eq!(&buf, b"pixels");
+        mem.file().write_all_at(b"guest", 10).unwrap();
+        let mut back = [0u8; 5];
+        mem.read(10, &mut back).unwrap();
+        assert_eq!(&back, b"guest");
+    }
+
+    #[test]
+    fn out_of_range_access_is_einval_not_a_panic() {
+        let mem = SharedMemory::new("test", 4096).unwrap();
+        let mut buf = [0u8; 8];
+        let err = mem.read(4090, &mut buf).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        assert!(mem.write(u64::MAX, &buf).is_err());
+    }
+
+    #[test]
+    fn clear_zeroes_everything() {
+        let mem = SharedMemory::new("test", 3 * 4096 + 5).unwrap();
+        mem.write(3 * 4096, &[0xff; 5]).unwrap();
+        mem.clear();
+        let mut buf = [1u8; 5];
+        mem.read(3 * 4096, &mut buf).unwrap();
+        assert_eq!(buf, [0; 5]);
+    }
+}

@@ -1,0 +1,282 @@
+//! The listening socket of a device: binding (0600, stale files replaced, a live socket never
+//! stolen), accepting, and an orderly shutdown that closes every connection.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use log::{error, info, warn};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::connection::{serve_connection, ConnectionStats};
+use crate::device_set::DeviceHandle;
+use crate::owner::ConnectionId;
+
+/// Why a device could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Something that is not a socket sits at the path.
+    #[error("{0} exists and is not a socket")]
+    NotASocket(PathBuf),
+    /// Another server is listening on the path.
+    #[error("{0} is in use by a running server")]
+    InUse(PathBuf),
+    /// A socket operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ServerError {
+    fn io(context: impl Into<String>, source: io::Error) -> Self {
+        ServerError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The errno for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            ServerError::NotASocket(_) => libc::EEXIST,
+            ServerError::InUse(_) => libc::EADDRINUSE,
+            ServerError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+}
+
+struct Live {
+    stream: UnixStream,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) handle: Arc<DeviceHandle>,
+    live: Mutex<HashMap<ConnectionId, Live>>,
+    pub(crate) stats: ConnectionStats,
+}
+
+impl Shared {
+    pub(crate) fn forget(&self, id: ConnectionId) {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+}
+
+/// A device served on a socket. Dropping it (or [`DeviceServer::shutdown`]) stops accepting,
+/// closes every connection (each one's close runs as for a client that went away) and
+/// removes the socket file it created.
+pub struct DeviceServer {
+    path: Option<PathBuf>,
+    stop: EventFd,
+    accept: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl DeviceServer {
+    /// Binds `path` (mode 0600) and serves `handle` on it. A stale socket file left by a dead
+    /// server is replaced; a socket some server still answers on is not.
+    pub fn bind(path: &Path, handle: Arc<DeviceHandle>) -> Result<Self, ServerError> {
+        remove_stale(path)?;
+        let listener = UnixListener::bind(path)
+            .map_err(|e| ServerError::io(format!("bind {}", path.display()), e))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+            .map_err(|e| ServerError::io(format!("chmod {}", path.display()), e))?;
+        info!("{}: serving on {}", handle.name(), path.display());
+        Self::start(listener, Some(path.to_path_buf()), handle)
+    }
+
+    /// Serves `handle` on an already-bound listening socket (systemd socket activation). The
+    /// socket file, if any, is not removed at shutdown.
+    pub fn from_listener(
+        listener: UnixListener,
+        handle: Arc<DeviceHandle>,
+    ) -> Result<Self, ServerError> {
+        Self::start(listener, None, handle)
+    }
+
+    fn start(
+        listener: UnixListener,
+        path: Option<PathBuf>,
+        handle: Arc<DeviceHandle>,
+    ) -> Result<Self, ServerError> {
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(|e| ServerError::io("eventfd", e))?;
+        let stop_clone = stop
+            .try_clone()
+            .map_err(|e| ServerError::io("eventfd", e))?;
+        let shared = Arc::new(Shared {
+            handle,
+            live: Mutex::new(HashMap::new()),
+            stats: ConnectionStats::default(),
+        });
+        let shared2 = shared.clone();
+        let name = format!("accept-{}", shared.handle.name());
+        let accept = std::thread::Builder::new()
+            .name(name.chars().take(15).collect())
+            .spawn(move || accept_loop(listener, stop_clone, shared2))
+            .map_err(|e| ServerError::io("spawn accept thread", e))?;
+        Ok(DeviceServer {
+            path,
+            stop,
+            accept: Some(accept),
+            shared,
+        })
+    }
+
+    /// The socket path, when this server created it.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The device being served.
+    pub fn handle(&self) -> &Arc<DeviceHandle> {
+        &self.shared.handle
+    }
+
+    /// Number of connections currently being served.
+    pub fn connections(&self) -> usize {
+        self.shared
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Counters of this server's connections.
+    pub fn stats(&self) -> &ConnectionStats {
+        &self.shared.stats
+    }
+
+    /// Stops accepting, closes every connection and waits for their threads.
+    pub fn shutdown(mut self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        let live: Vec<Live> = {
+            let mut map = self.shared.live.lock().unwrap_or_else(|p| p.into_inner());
+            map.drain().map(|(_, l)| l).collect()
+        };
+        for l in &live {
+            let _ = l.stream.shutdown(std::net::Shutdown::Both);
+        }
+        for mut l in live {
+            if let Some(t) = l.thread.take() {
+                let _ = t.join();
+            }
+        }
+        if let Some(p) = &self.path {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+impl Drop for DeviceServer {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+fn remove_stale(path: &Path) -> Result<(), ServerError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ServerError::io(format!("stat {}", path.display()), e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ServerError::NotASocket(path.to_path_buf()));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(ServerError::InUse(path.to_path_buf())),
+        Err(_) => {
+            warn!("removing stale socket {}", path.display());
+            fs::remove_file(path)
+                .map_err(|e| ServerError::io(format!("remove {}", path.display()), e))
+        }
+    }
+}
+
+fn accept_loop(listener: UnixListener, stop: EventFd, shared: Arc<Shared>) {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd structs that outlives the call.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            error!("{}: poll failed: {e}", shared.handle.name());
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        if fds[0].revents == 0 {
+            continue;
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!("{}: accept failed: {e}", shared.handle.name());
+                continue;
+            }
+        };
+        let id = ConnectionId::next();
+        let clone = match stream.try_clone() {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("{}: cannot track connection: {e}", shared.handle.name());
+                continue;
+            }
+        };
+        let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+        let s2 = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("{id}"))
+            .spawn(move || serve_connection(stream, id, s2));
+        match thread {
+            Ok(t) => {
+                live.insert(
+                    id,
+                    Live {
+                        stream: clone,
+                        thread: Some(t),
+                    },
+                );
+            }
+            Err(e) => warn!(
+                "{}: cannot spawn connection thread: {e}",
+                shared.handle.name()
+            ),
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Serving one device on one UNIX socket to any number of concurrent client connections.
+//! Each connection is one "open" of the device and runs on its own thread.
+
+mod connection;
+mod listener;
+
+pub use connection::ConnectionStats;
+pub use listener::{DeviceServer, ServerError};

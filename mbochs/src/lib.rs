@@ -1,0 +1,1 @@
+//! mbochs (being written).

@@ -1,0 +1,1 @@
+//! mdpy (being written).

@@ -1,0 +1,1 @@
+//! mtty (being written).

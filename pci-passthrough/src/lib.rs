@@ -1,0 +1,1 @@
+//! pci-passthrough (being written).
