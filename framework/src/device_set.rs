@@ -56,19 +56,19 @@ impl MemberState {
     }
 }
 
-/// What a lifecycle hook sees of its set: every member's open state, taken under the set
-/// lock, so it cannot change while the hook runs.
-#[derive(Clone, Debug)]
-pub struct SetContext {
+/// What a lifecycle hook sees of its set: every member's open state, borrowed under the set
+/// lock, so it cannot change while the hook runs (and costs nothing to build).
+#[derive(Clone, Copy, Debug)]
+pub struct SetContext<'a> {
     /// The device the hook runs for.
     pub this: DeviceId,
     /// The owner whose request led to the hook (the opener, the closer, the resetter).
     pub requester: Option<OwnerId>,
     /// Every device of the set, this one included.
-    pub members: Vec<MemberState>,
+    pub members: &'a [MemberState],
 }
 
-impl SetContext {
+impl SetContext<'_> {
     /// True when no device of the set is open.
     pub fn set_is_idle(&self) -> bool {
         self.members.iter().all(MemberState::is_closed)
@@ -124,14 +124,9 @@ impl DeviceSet {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A snapshot of every member's open state, taken under the set lock.
-    pub fn snapshot(&self, this: DeviceId, requester: Option<OwnerId>) -> SetContext {
-        let st = self.lock();
-        SetContext {
-            this,
-            requester,
-            members: st.members.clone(),
-        }
+    /// A copy of every member's open state, taken under the set lock.
+    pub fn members(&self) -> Vec<MemberState> {
+        self.lock().members.clone()
     }
 
     /// Number of devices in the set.
@@ -322,7 +317,7 @@ impl DeviceHandle {
             let ctx = SetContext {
                 this: self.id,
                 requester: Some(owner),
-                members: st.members.clone(),
+                members: &st.members,
             };
             if let Err(e) = self.lock().open_device(&ctx) {
                 warn!("{}: open_device failed for {conn}: {e}", self.name);
@@ -355,7 +350,7 @@ impl DeviceHandle {
             let ctx = SetContext {
                 this: self.id,
                 requester: Some(owner),
-                members: st.members.clone(),
+                members: &st.members,
             };
             self.lock().close_device(&ctx);
             info!(
@@ -377,7 +372,7 @@ impl DeviceHandle {
         let ctx = SetContext {
             this: self.id,
             requester: Some(requester),
-            members: st.members.clone(),
+            members: &st.members,
         };
         let r = self.lock().reset(&ctx);
         drop(st);

@@ -1,1 +1,33 @@
-//! pci-passthrough (being written).
+//! # pci-passthrough — host PCI functions served over vfio-user
+//!
+//! Host devices bound to `vfio-pci` are opened through the kernel's VFIO (a type1
+//! container and the devices' groups) and each is served on its own vfio-user socket.
+//!
+//! ```text
+//!  client ──vfio-user──► mdev server ──► PassthroughDevice ──► HostDevice (device fd)
+//!    config / trapped BARs ............ pread/pwrite at the region's offset
+//!    mmap-able BARs .................. the device fd itself, handed to the client
+//!    SET_IRQS eventfds ............... VFIO_DEVICE_SET_IRQS (the kernel signals the client)
+//!    DMA_MAP (fd) .................... mmap here + VFIO_IOMMU_MAP_DMA (IommuSpace, shared)
+//!    DEVICE_RESET / last close ....... FLR, or a hot reset of the reset scope (reset.rs)
+//! ```
+//!
+//! Devices whose hot reset scopes are equal share one `mdev` device set, keyed by the
+//! scope's sorted addresses. The kernel side sits behind [`host::HostVfio`] /
+//! [`host::HostDevice`]: [`vfio_host`] is the real one, [`fake`] an in-memory one that
+//! records calls, so every rule is tested without hardware.
+
+pub mod address;
+pub mod device;
+pub mod dma;
+pub mod edu;
+pub mod fake;
+pub mod host;
+pub mod irq;
+pub mod passthrough;
+pub mod reset;
+pub mod vfio_host;
+
+pub use address::PciAddress;
+pub use device::PassthroughDevice;
+pub use passthrough::Passthrough;

@@ -1,0 +1,147 @@
+//! The viewer subcommands both display binaries offer next to the parent's:
+//! `snapshot --dir D UUID OUT.png`, `snapshot --every SECS --out-dir D2 UUID` and
+//! `view --dir D UUID`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Subcommand;
+use mdev::parent::cli::{default_dir, DirArg};
+use uuid::Uuid;
+
+use crate::client::{ClientError, DisplayClient, ModeReader};
+use crate::snapshot::save_png;
+use crate::terminal::run_live_view;
+
+/// Viewer subcommands; flatten into a binary's subcommand enum.
+#[derive(Subcommand, Debug, Clone)]
+pub enum ViewerCommand {
+    /// Save the instance's current frame as a PNG (once, or every SECS seconds into a
+    /// directory until interrupted). Attaches as an extra client; the guest is not disturbed.
+    Snapshot {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Take a snapshot every SECS seconds.
+        #[arg(long, value_name = "SECS", requires = "out_dir")]
+        every: Option<u64>,
+        /// Directory for periodic snapshots (UUID-UNIXTIME-SEQ.png).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+        /// Instance UUID.
+        uuid: Uuid,
+        /// Output file of a single snapshot.
+        #[arg(value_name = "OUT.png", required_unless_present = "every")]
+        out: Option<PathBuf>,
+    },
+    /// Show the instance's display live in this (truecolor) terminal; q, Esc or Ctrl-C quits.
+    View {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Instance UUID.
+        uuid: Uuid,
+    },
+}
+
+/// Why a viewer command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewerError {
+    /// Talking to the device failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Writing a snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    /// The device scans nothing out.
+    #[error("nothing is scanned out (display disabled or mode invalid)")]
+    NoScanout,
+    /// Creating the output directory failed.
+    #[error("{0}: {1}")]
+    OutDir(PathBuf, #[source] std::io::Error),
+}
+
+/// Runs a viewer command of driver `driver_name`, reading modes with `reader`. Returns the
+/// process exit code.
+pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeReader>) -> i32 {
+    let socket = |d: &DirArg, uuid: Uuid| {
+        d.dir
+            .clone()
+            .unwrap_or_else(|| default_dir(driver_name))
+            .join(format!("{uuid}.sock"))
+    };
+    let result = match cmd {
+        ViewerCommand::Snapshot {
+            dir,
+            every: Some(secs),
+            out_dir,
+            uuid,
+            ..
+        } => {
+            let out_dir = out_dir.unwrap_or_else(|| PathBuf::from("."));
+            snapshot_every(&socket(&dir, uuid), reader, secs, &out_dir, uuid)
+        }
+        ViewerCommand::Snapshot {
+            dir, uuid, out, ..
+        } => match out {
+            Some(out) => snapshot_once(&socket(&dir, uuid), reader, &out),
+            None => Err(ViewerError::NoScanout),
+        },
+        ViewerCommand::View { dir, uuid } => DisplayClient::connect(&socket(&dir, uuid), reader)
+            .and_then(|mut c| run_live_view(&mut c))
+            .map_err(ViewerError::from),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{driver_name}: {e}");
+            1
+        }
+    }
+}
+
+/// Writes one PNG of the current frame of the instance on `socket` to `out`.
+pub fn snapshot_once(
+    socket: &Path,
+    reader: Box<dyn ModeReader>,
+    out: &Path,
+) -> Result<(), ViewerError> {
+    let mut client = DisplayClient::connect(socket, reader)?;
+    let frame = client.frame()?.ok_or(ViewerError::NoScanout)?;
+    save_png(&frame, out)?;
+    log::info!(
+        "snapshot {}x{} {:?} -> {}",
+        frame.width(),
+        frame.height(),
+        frame.mode().format,
+        out.display()
+    );
+    Ok(())
+}
+
+fn snapshot_every(
+    socket: &Path,
+    reader: Box<dyn ModeReader>,
+    secs: u64,
+    out_dir: &Path,
+    uuid: Uuid,
+) -> Result<(), ViewerError> {
+    std::fs::create_dir_all(out_dir).map_err(|e| ViewerError::OutDir(out_dir.into(), e))?;
+    let mut client = DisplayClient::connect(socket, reader)?;
+    let period = Duration::from_secs(secs.max(1));
+    let mut next = Instant::now();
+    for seq in 0u64.. {
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let path = out_dir.join(format!("{uuid}-{stamp}-{seq:05}.png"));
+        match client.frame()? {
+            Some(frame) => {
+                save_png(&frame, &path)?;
+                log::info!("snapshot -> {}", path.display());
+            }
+            None => log::info!("no scan-out; snapshot {seq} skipped"),
+        }
+        next += period;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! Helpers for tests and benchmarks of display devices: a guest-side mapping of BAR0, a
+//! reproducible test picture and scratch directories.
+
+use std::io;
+use std::path::PathBuf;
+
+use memmap2::{MmapMut, MmapOptions};
+
+use crate::client::FRAMEBUFFER_REGION;
+use crate::format::Mode;
+
+/// The colour of pixel (`x`, `y`) of the test picture: gradients with a bright grid.
+pub fn pattern_colour(x: u32, y: u32) -> [u8; 3] {
+    if x % 16 == 0 || y % 16 == 0 {
+        [0xff, 0xff, 0xff]
+    } else {
+        [(x * 7) as u8, (y * 5) as u8, ((x ^ y) * 3) as u8]
+    }
+}
+
+/// Draws the test picture into `fb` as `mode` lays it out (as a guest would).
+pub fn draw_pattern(fb: &mut [u8], mode: &Mode) {
+    let bpp = mode.format.bytes_per_pixel();
+    for y in 0..mode.height {
+        let line = (mode.offset + u64::from(y) * mode.stride) as usize;
+        for x in 0..mode.width {
+            let at = line + x as usize * bpp;
+            fb[at..at + bpp].copy_from_slice(&mode.format.from_rgb(pattern_colour(x, y)));
+        }
+    }
+}
+
+/// The test picture as packed RGB8, after a round trip through `mode`'s format.
+pub fn expected_rgb(mode: &Mode) -> Vec<u8> {
+    let f = mode.format;
+    (0..mode.height)
+        .flat_map(|y| (0..mode.width).map(move |x| (x, y)))
+        .flat_map(|(x, y)| f.to_rgb(&f.from_rgb(pattern_colour(x, y))))
+        .collect()
+}
+
+/// Maps BAR0 of `client` read-write through the region's file, as a guest (QEMU) does.
+pub fn map_framebuffer_rw(client: &vfio_user::Client) -> io::Result<MmapMut> {
+    let region = client
+        .region(FRAMEBUFFER_REGION)
+        .ok_or_else(|| io::Error::other("no BAR0"))?;
+    let backing = region
+        .file_offset
+        .as_ref()
+        .ok_or_else(|| io::Error::other("BAR0 has no file"))?;
+    let len = usize::try_from(region.size).map_err(io::Error::other)?;
+    // SAFETY: a shared mapping of a memfd whose size the server fixed; the test owns what it
+    // writes and reads it back only through the device or another mapping.
+    unsafe {
+        MmapOptions::new()
+            .offset(backing.start())
+            .len(len)
+            .map_mut(backing.file())
+    }
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{tag}-{}", uuid::Uuid::new_v4().simple()));
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}

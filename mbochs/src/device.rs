@@ -1,0 +1,147 @@
+//! The mbochs PCI function: bochs-display identity, a framebuffer BAR0 and the BAR2 register
+//! window, assembled on the shared [`DisplayDevice`].
+
+use mdev::parent::Reservation;
+use mdev::pci::{BarKind, BarSpec, CommandRegister, PciConfig, PciIdentity, StatusRegister};
+use mdev::region::BAR2_REGION_INDEX;
+use mdev::DeviceError;
+use mdev_display::device::config_error;
+use mdev_display::{DisplayDevice, DisplayModel, Framebuffer, Mode};
+use uuid::Uuid;
+
+use crate::edid::build_edid;
+use crate::mmio::{MmioRegisters, MMIO_BAR_SIZE};
+use crate::scanout::ScanoutLimits;
+use crate::types::MbochsType;
+
+/// Vendor id of bochs-display (QEMU).
+pub const VENDOR_ID: u16 = 0x1234;
+/// Device id of bochs-display.
+pub const DEVICE_ID: u16 = 0x1111;
+/// Subsystem vendor id.
+pub const SUBSYSTEM_VENDOR_ID: u16 = 0x1af4;
+/// Subsystem id.
+pub const SUBSYSTEM_ID: u16 = 0x1100;
+/// Revision. Linux reads the QEMU extended registers only from revision 2 on; revision 1
+/// keeps the guest on little-endian pixels.
+pub const REVISION: u8 = 0x01;
+/// Class: display controller.
+pub const CLASS_DISPLAY: u8 = 0x03;
+/// Subclass: other display controller.
+pub const SUBCLASS_OTHER: u8 = 0x80;
+/// Index of the framebuffer BAR.
+pub const FRAMEBUFFER_BAR: u8 = 0;
+/// Index of the MMIO register BAR.
+pub const MMIO_BAR: u8 = 2;
+
+/// The device-specific half of an mbochs function: its BAR2 registers.
+pub struct Mbochs {
+    name: String,
+    registers: MmioRegisters,
+}
+
+impl DisplayModel for Mbochs {
+    fn register_bar(&self) -> Option<(u32, u64)> {
+        Some((BAR2_REGION_INDEX, MMIO_BAR_SIZE))
+    }
+
+    fn read_registers(&mut self, offset: u64, data: &mut [u8]) {
+        self.registers.read(offset, data);
+    }
+
+    fn write_registers(&mut self, offset: u64, data: &[u8]) {
+        let before = self.registers.scanout();
+        self.registers.write(offset, data);
+        let after = self.registers.scanout();
+        if before != after {
+            log::info!("{}: scan-out {}", self.name, describe_mode(after));
+        }
+    }
+
+    fn reset(&mut self) {
+        self.registers.reset();
+    }
+
+    fn scanout(&self) -> Option<Mode> {
+        self.registers.scanout()
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+impl Mbochs {
+    /// The registers.
+    pub fn registers(&self) -> &MmioRegisters {
+        &self.registers
+    }
+}
+
+fn describe_mode(mode: Option<Mode>) -> String {
+    mode.map_or_else(
+        || String::from("off"),
+        |m| format!("{}x{} {:?} stride {} offset {:#x}", m.width, m.height, m.format, m.stride, m.offset),
+    )
+}
+
+/// An mbochs device.
+pub type MbochsDevice = DisplayDevice<Mbochs>;
+
+/// The config space of an mbochs function with `memory` bytes of framebuffer.
+pub fn mbochs_config(memory: u64) -> Result<PciConfig, DeviceError> {
+    let mut config = PciConfig::new(&PciIdentity {
+        vendor_id: VENDOR_ID,
+        device_id: DEVICE_ID,
+        subsystem_vendor_id: SUBSYSTEM_VENDOR_ID,
+        subsystem_id: SUBSYSTEM_ID,
+        revision: REVISION,
+        class: CLASS_DISPLAY,
+        subclass: SUBCLASS_OTHER,
+        prog_if: 0,
+        interrupt_pin: 0,
+        command: CommandRegister::IO | CommandRegister::MEMORY,
+        status: StatusRegister::empty(),
+    });
+    config.add_bar(
+        FRAMEBUFFER_BAR,
+        BarSpec {
+            size: memory,
+            kind: BarKind::Memory32,
+            prefetchable: true,
+        },
+    )
+    .map_err(config_error("framebuffer BAR"))?;
+    config.add_bar(
+        MMIO_BAR,
+        BarSpec {
+            size: MMIO_BAR_SIZE,
+            kind: BarKind::Memory32,
+            prefetchable: false,
+        },
+    )
+    .map_err(config_error("MMIO BAR"))?;
+    Ok(config)
+}
+
+/// Builds an mbochs device of type `ty` for `uuid`, holding `reservation` (its framebuffer
+/// megabytes) until it drops. On error the reservation is dropped, returning the megabytes.
+pub fn new_mbochs(
+    ty: &MbochsType,
+    uuid: Uuid,
+    reservation: Reservation,
+) -> Result<MbochsDevice, DeviceError> {
+    let memory = ty.memory();
+    let config = mbochs_config(memory)?;
+    let framebuffer = Framebuffer::new(&format!("mbochs-{uuid}"), memory)?;
+    let edid = build_edid(ty.preferred, ty.edid_max(), memory);
+    let limits = ScanoutLimits {
+        max: ty.max_resolution(),
+        memory,
+    };
+    let model = Mbochs {
+        name: format!("mbochs {uuid} ({})", ty.name),
+        registers: MmioRegisters::new(edid, limits),
+    };
+    Ok(DisplayDevice::new(config, framebuffer, model, vec![reservation]))
+}

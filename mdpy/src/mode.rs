@@ -1,0 +1,68 @@
+//! Where mdpy publishes its mode: a read-only vendor-specific capability at 0x40 of config
+//! space holding the DRM fourcc, the width and the height. A viewer reads it back through
+//! the config-space region.
+
+use mdev::region::CONFIG_REGION_INDEX;
+use mdev_display::{ClientError, Mode, ModeReader, PixelFormat, RegisterSource};
+
+/// Config-space offset of the mode capability.
+pub const MODE_CAPABILITY_OFFSET: u64 = 0x40;
+/// Size of the mode capability.
+pub const MODE_CAPABILITY_LEN: u64 = 0x10;
+/// Config-space offset of the format (DRM fourcc, little-endian u32).
+pub const FORMAT_OFFSET: u64 = 0x44;
+/// Config-space offset of the width (u32).
+pub const WIDTH_OFFSET: u64 = 0x48;
+/// Config-space offset of the height (u32).
+pub const HEIGHT_OFFSET: u64 = 0x4c;
+
+/// The capability's bytes after its 3-byte header (ID, next, length): one pad byte, then
+/// format, width and height, so the fields land at 0x44, 0x48 and 0x4c.
+pub fn mode_capability_body(mode: &Mode) -> Vec<u8> {
+    let mut body = vec![0u8];
+    body.extend_from_slice(&mode.format.fourcc().to_le_bytes());
+    body.extend_from_slice(&mode.width.to_le_bytes());
+    body.extend_from_slice(&mode.height.to_le_bytes());
+    body
+}
+
+/// Decodes the 12 bytes at [`FORMAT_OFFSET`]: a packed mode, or `None` for an unknown format
+/// or an empty size.
+pub fn decode_mode(fields: &[u8; 12]) -> Option<Mode> {
+    let word = |i: usize| u32::from_le_bytes([fields[i], fields[i + 1], fields[i + 2], fields[i + 3]]);
+    let format = PixelFormat::from_fourcc(word(0))?;
+    let (width, height) = (word(4), word(8));
+    (width > 0 && height > 0).then(|| Mode::packed(format, width, height))
+}
+
+/// Reads an mdpy instance's mode from config space.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConfigModeReader;
+
+impl ModeReader for ConfigModeReader {
+    fn read_mode(
+        &self,
+        regs: &mut dyn RegisterSource,
+        framebuffer_len: u64,
+    ) -> Result<Option<Mode>, ClientError> {
+        let mut fields = [0u8; 12];
+        regs.read(CONFIG_REGION_INDEX, FORMAT_OFFSET, &mut fields)?;
+        Ok(decode_mode(&fields).filter(|m| m.fits(framebuffer_len)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_round_trip() {
+        let mode = Mode::packed(PixelFormat::Xrgb8888, 640, 480);
+        let body = mode_capability_body(&mode);
+        assert_eq!(body.len() as u64 + 3, MODE_CAPABILITY_LEN);
+        let fields: [u8; 12] = body[1..].try_into().unwrap();
+        assert_eq!(decode_mode(&fields), Some(mode));
+        assert_eq!(&fields[..4], b"XR24");
+        assert_eq!(decode_mode(&[0; 12]), None);
+    }
+}

@@ -1,0 +1,150 @@
+//! Interrupt forwarding: the client's eventfds are handed to the host device with
+//! `VFIO_DEVICE_SET_IRQS`, so the host kernel signals them directly and an interrupt never
+//! passes through this process. Masks and unmasks (INTx) are forwarded as they come.
+
+use std::io;
+use std::os::fd::RawFd;
+
+use log::debug;
+use mdev::irq::{IrqAction, IrqIndex, IrqIndexInfo, IrqSpan, PCI_NUM_IRQS};
+use mdev::Interrupts;
+
+use crate::host::{HostDevice, HostIrqSet};
+
+/// An eventfd slot with no eventfd, as `SET_IRQS` spells it.
+const NO_EVENTFD: RawFd = -1;
+
+/// The interrupt layout of a host device, index by index, for [`Interrupts::with_layout`].
+/// An index the host cannot describe is offered with no vector.
+pub fn host_layout(device: &impl HostDevice) -> Vec<IrqIndexInfo> {
+    let num = device.info().num_irqs.min(PCI_NUM_IRQS);
+    (0..num)
+        .map(|i| {
+            device.irq_info(i).unwrap_or(IrqIndexInfo {
+                count: 0,
+                flags: mdev::irq::IrqInfoFlags::EVENTFD,
+            })
+        })
+        .collect()
+}
+
+/// What the host device was last told, per index.
+#[derive(Debug, Default)]
+pub struct IrqForwarder {
+    /// Eventfds programmed per index (empty: disabled).
+    programmed: Vec<Vec<RawFd>>,
+    /// Deliveries the framework made itself per index, last seen.
+    delivered: Vec<u64>,
+}
+
+impl IrqForwarder {
+    /// A forwarder for a device with `num_indexes` interrupt indices, all disabled.
+    pub fn new(num_indexes: u32) -> Self {
+        IrqForwarder {
+            programmed: vec![Vec::new(); num_indexes as usize],
+            delivered: vec![0; num_indexes as usize],
+        }
+    }
+
+    /// Forwards an accepted `SET_IRQS` (`span`, whose eventfds now live in `irqs`).
+    ///
+    /// A trigger that the framework delivered itself (a loopback trigger without eventfds)
+    /// is not forwarded: the client's eventfd was already signalled. Any other trigger
+    /// reprograms the index with the eventfds `irqs` now holds (fd numbers can be reused,
+    /// so they are not compared).
+    pub fn forward(
+        &mut self,
+        device: &impl HostDevice,
+        irqs: &Interrupts,
+        span: &IrqSpan,
+    ) -> io::Result<()> {
+        let pos = span.index as usize;
+        if pos >= self.programmed.len() {
+            return Ok(());
+        }
+        match span.action {
+            IrqAction::Mask | IrqAction::Unmask => device.set_irqs(&HostIrqSet {
+                index: span.index as u32,
+                start: span.start,
+                count: span.count,
+                action: span.action,
+                eventfds: None,
+            }),
+            IrqAction::Trigger => {
+                let delivered = irqs.delivered(span.index);
+                let looped_back = delivered != self.delivered[pos];
+                self.delivered[pos] = delivered;
+                if looped_back {
+                    return Ok(());
+                }
+                let fds = irqs.trigger_fds(span.index);
+                self.program(device, span.index, &fds)
+            }
+        }
+    }
+
+    fn program(
+        &mut self,
+        device: &impl HostDevice,
+        index: IrqIndex,
+        fds: &[Option<RawFd>],
+    ) -> io::Result<()> {
+        let pos = index as usize;
+        let Some(last) = fds.iter().rposition(Option::is_some) else {
+            return self.disable(device, index);
+        };
+        let want: Vec<RawFd> = fds[..=last]
+            .iter()
+            .map(|f| f.unwrap_or(NO_EVENTFD))
+            .collect();
+        let resized = !self.programmed[pos].is_empty() && self.programmed[pos].len() != want.len();
+        if resized && matches!(index, IrqIndex::Msi | IrqIndex::Msix) {
+            // MSI/MSI-X vector counts cannot change while enabled (NORESIZE).
+            self.disable(device, index)?;
+        }
+        device.set_irqs(&HostIrqSet {
+            index: index as u32,
+            start: 0,
+            count: want.len() as u32,
+            action: IrqAction::Trigger,
+            eventfds: Some(want.clone()),
+        })?;
+        debug!(
+            "{}: irq index {index:?} routed to {} client eventfd(s)",
+            device.address(),
+            want.len()
+        );
+        self.programmed[pos] = want;
+        Ok(())
+    }
+
+    fn disable(&mut self, device: &impl HostDevice, index: IrqIndex) -> io::Result<()> {
+        let pos = index as usize;
+        if self.programmed[pos].is_empty() {
+            return Ok(());
+        }
+        device.set_irqs(&HostIrqSet {
+            index: index as u32,
+            start: 0,
+            count: 0,
+            action: IrqAction::Trigger,
+            eventfds: None,
+        })?;
+        self.programmed[pos].clear();
+        debug!("{}: irq index {index:?} disabled", device.address());
+        Ok(())
+    }
+
+    /// Disables every index the host was given eventfds for (the client's eventfds are
+    /// going away). Errors are logged: the device is being closed anyway.
+    pub fn disable_all(&mut self, device: &impl HostDevice) {
+        for i in 0..self.programmed.len() {
+            if let Some(index) = IrqIndex::from_u32(i as u32) {
+                if let Err(e) = self.disable(device, index) {
+                    log::warn!("{}: disabling irq index {index:?}: {e}", device.address());
+                    self.programmed[i].clear();
+                }
+            }
+        }
+    }
+}

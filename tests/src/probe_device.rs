@@ -1,0 +1,261 @@
+//! A small PCI device for framework tests: a 4 KiB trapped register BAR, a 64-bit memory BAR
+//! backed by shared memory, an I/O BAR, INTx and MSI, and lifecycle hooks that record what
+//! the framework called, in order, from which thread.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mdev::pci::{BarKind, BarSpec, CommandRegister, MsiCapability, PciConfig, PciIdentity, StatusRegister};
+use mdev::region::{CONFIG_REGION_INDEX, PCI_NUM_REGIONS};
+use mdev::{Device, DeviceError, Interrupts, RegionInfo, SetContext, SharedMemory};
+
+/// Vendor id of the probe device (QEMU's test vendor).
+pub const PROBE_VENDOR: u16 = 0x1234;
+/// Device id of the probe device.
+pub const PROBE_DEVICE: u16 = 0x5eed;
+/// Size of the trapped register BAR (BAR0).
+pub const REG_BAR_SIZE: u64 = 4096;
+/// Size of the shared-memory BAR (BAR2, 64-bit).
+pub const MEM_BAR_SIZE: u64 = 1 << 20;
+/// Writing a non-zero value here raises the interrupt line; zero lowers it.
+pub const REG_IRQ_LINE: u64 = 0x100;
+
+/// One recorded hook call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HookEvent {
+    /// `open_device` started for the named device.
+    OpenStart(String),
+    /// `open_device` finished.
+    OpenEnd(String),
+    /// `close_device` started.
+    CloseStart(String),
+    /// `close_device` finished.
+    CloseEnd(String),
+    /// `reset` ran.
+    Reset(String),
+}
+
+/// The ordered record of hook calls, shared by several devices.
+#[derive(Clone, Default)]
+pub struct HookLog(Arc<Mutex<Vec<HookEvent>>>);
+
+impl HookLog {
+    /// Appends an event.
+    pub fn push(&self, e: HookEvent) {
+        self.0.lock().unwrap().push(e);
+    }
+
+    /// A copy of the events so far.
+    pub fn events(&self) -> Vec<HookEvent> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// How many `open_device` calls completed for `name`.
+    pub fn opens(&self, name: &str) -> usize {
+        self.events().iter().filter(|e| **e == HookEvent::OpenEnd(name.into())).count()
+    }
+
+    /// How many `close_device` calls completed for `name`.
+    pub fn closes(&self, name: &str) -> usize {
+        self.events().iter().filter(|e| **e == HookEvent::CloseEnd(name.into())).count()
+    }
+}
+
+/// How a probe device behaves.
+#[derive(Clone, Default)]
+pub struct ProbeOptions {
+    /// Number of upcoming `open_device` calls that fail with EIO.
+    pub fail_opens: Arc<AtomicUsize>,
+    /// Time each hook takes, to widen race windows in ordering tests.
+    pub hook_time: Option<Duration>,
+    /// When set, `open_device` waits here until every party has arrived.
+    pub rendezvous: Option<Arc<Rendezvous>>,
+}
+
+/// A meeting point with a deadline: `n` parties each call [`Rendezvous::arrive`] and it returns
+/// true once all have arrived, or false after the deadline. Two devices whose hooks meet here
+/// prove their hooks ran at the same time, i.e. did not contend for one lock.
+pub struct Rendezvous {
+    parties: usize,
+    arrived: Mutex<usize>,
+    cv: std::sync::Condvar,
+    met: AtomicUsize,
+}
+
+impl Rendezvous {
+    /// A rendezvous of `parties`.
+    pub fn new(parties: usize) -> Arc<Self> {
+        Arc::new(Rendezvous { parties, arrived: Mutex::new(0), cv: std::sync::Condvar::new(), met: AtomicUsize::new(0) })
+    }
+
+    /// Arrives and waits (at most 10 s) for the others.
+    pub fn arrive(&self) -> bool {
+        let mut n = self.arrived.lock().unwrap();
+        *n += 1;
+        self.cv.notify_all();
+        let (n, _) = self
+            .cv
+            .wait_timeout_while(n, Duration::from_secs(10), |n| *n < self.parties)
+            .unwrap();
+        let ok = *n >= self.parties;
+        if ok {
+            self.met.fetch_add(1, Ordering::AcqRel);
+        }
+        ok
+    }
+
+    /// How many parties saw everyone arrive.
+    pub fn met(&self) -> usize {
+        self.met.load(Ordering::Acquire)
+    }
+}
+
+/// The probe device.
+pub struct ProbeDevice {
+    name: String,
+    log: HookLog,
+    opts: ProbeOptions,
+    config: PciConfig,
+    regs: Vec<u8>,
+    mem: SharedMemory,
+    irqs: Arc<Interrupts>,
+    /// Bumped by `open_device`, so tests can tell whether device state was reset.
+    generation: u32,
+}
+
+impl ProbeDevice {
+    /// A probe device named `name` recording into `log`.
+    pub fn new(name: &str, log: HookLog, opts: ProbeOptions) -> Self {
+        let mut config = PciConfig::new(&PciIdentity {
+            vendor_id: PROBE_VENDOR,
+            device_id: PROBE_DEVICE,
+            subsystem_vendor_id: PROBE_VENDOR,
+            subsystem_id: 1,
+            revision: 1,
+            class: 0xff,
+            subclass: 0,
+            prog_if: 0,
+            interrupt_pin: 1,
+            command: CommandRegister::empty(),
+            status: StatusRegister::empty(),
+        });
+        config
+            .add_bar(0, BarSpec { size: REG_BAR_SIZE, kind: BarKind::Memory32, prefetchable: false })
+            .expect("bar0");
+        config
+            .add_bar(2, BarSpec { size: MEM_BAR_SIZE, kind: BarKind::Memory64, prefetchable: true })
+            .expect("bar2");
+        config.add_bar(4, BarSpec { size: 16, kind: BarKind::Io, prefetchable: false }).expect("bar4");
+        config
+            .add_capability(&MsiCapability { vectors: 1, address_64: true, per_vector_mask: false })
+            .expect("msi");
+        ProbeDevice {
+            name: name.to_string(),
+            log,
+            opts,
+            config,
+            regs: vec![0; REG_BAR_SIZE as usize],
+            mem: SharedMemory::new(name, MEM_BAR_SIZE as usize).expect("memfd"),
+            irqs: Arc::new(Interrupts::new(true, 1, 0)),
+            generation: 0,
+        }
+    }
+
+    fn pause(&self) {
+        if let Some(t) = self.opts.hook_time {
+            std::thread::sleep(t);
+        }
+    }
+}
+
+impl Device for ProbeDevice {
+    fn region_info(&self, index: u32) -> RegionInfo {
+        match index {
+            0 => RegionInfo::trapped(REG_BAR_SIZE),
+            2 => RegionInfo::shared(&self.mem),
+            4 => RegionInfo::trapped(16),
+            CONFIG_REGION_INDEX => RegionInfo::trapped(256),
+            i if i < PCI_NUM_REGIONS => RegionInfo::absent(),
+            _ => RegionInfo::absent(),
+        }
+    }
+
+    fn interrupts(&self) -> &Arc<Interrupts> {
+        &self.irqs
+    }
+
+    fn read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+        match region {
+            0 => {
+                if offset == 0 && data.len() == 4 {
+                    data.copy_from_slice(&self.generation.to_le_bytes());
+                    return Ok(());
+                }
+                let o = offset as usize;
+                data.copy_from_slice(&self.regs[o..o + data.len()]);
+            }
+            2 => self.mem.read(offset, data)?,
+            4 => data.fill(0xff),
+            CONFIG_REGION_INDEX => self.config.read(offset, data),
+            _ => return Err(DeviceError::InvalidAccess { region, offset, len: data.len() }),
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        match region {
+            0 => {
+                let o = offset as usize;
+                self.regs[o..o + data.len()].copy_from_slice(data);
+                if offset == REG_IRQ_LINE {
+                    let level = data.iter().any(|b| *b != 0);
+                    self.config.set_interrupt_status(level);
+                    self.irqs.update_line(level);
+                }
+            }
+            2 => self.mem.write(offset, data)?,
+            4 => {}
+            CONFIG_REGION_INDEX => self.config.write(offset, data),
+            _ => return Err(DeviceError::InvalidAccess { region, offset, len: data.len() }),
+        }
+        Ok(())
+    }
+
+    fn open_device(&mut self, _ctx: &SetContext) -> Result<(), DeviceError> {
+        self.log.push(HookEvent::OpenStart(self.name.clone()));
+        self.pause();
+        if let Some(r) = &self.opts.rendezvous {
+            r.arrive();
+        }
+        let fail = self
+            .opts
+            .fail_opens
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            self.log.push(HookEvent::OpenEnd(format!("{}:failed", self.name)));
+            return Err(DeviceError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+        }
+        self.generation += 1;
+        self.log.push(HookEvent::OpenEnd(self.name.clone()));
+        Ok(())
+    }
+
+    fn close_device(&mut self, _ctx: &SetContext) {
+        self.log.push(HookEvent::CloseStart(self.name.clone()));
+        self.pause();
+        self.log.push(HookEvent::CloseEnd(self.name.clone()));
+    }
+
+    fn reset(&mut self, _ctx: &SetContext) -> Result<(), DeviceError> {
+        self.regs.fill(0);
+        self.config.reset();
+        self.log.push(HookEvent::Reset(self.name.clone()));
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("probe {}", self.name)
+    }
+}

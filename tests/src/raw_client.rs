@@ -1,0 +1,128 @@
+//! A raw vfio-user client that can send anything, including messages no real client would,
+//! and read replies with a timeout so a server that hangs fails the test instead of it.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use mdev::wire::{self, Header, HEADER_SIZE};
+use vm_memory::ByteValued;
+
+/// A reply as received.
+#[derive(Debug)]
+pub struct Reply {
+    /// Its header.
+    pub header: Header,
+    /// The bytes after the header.
+    pub payload: Vec<u8>,
+}
+
+impl Reply {
+    /// The errno of an error reply, or `None` for a success.
+    pub fn errno(&self) -> Option<u32> {
+        (self.header.flags & wire::flags::ERROR != 0).then_some(self.header.error)
+    }
+}
+
+/// A raw client connection.
+pub struct RawClient {
+    /// The socket.
+    pub sock: UnixStream,
+    next_id: u16,
+}
+
+impl RawClient {
+    /// Connects without negotiating.
+    pub fn connect(path: &Path) -> Self {
+        let sock = UnixStream::connect(path).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        RawClient { sock, next_id: 0 }
+    }
+
+    /// Connects and negotiates the version.
+    pub fn open(path: &Path) -> Self {
+        let mut c = Self::connect(path);
+        let r = c.version(b"{\"capabilities\":{\"max_msg_fds\":8}}\0");
+        assert_eq!(r.errno(), None, "version refused");
+        c
+    }
+
+    /// Sends VERSION with `caps` (raw bytes, NUL included or not).
+    pub fn version(&mut self, caps: &[u8]) -> Reply {
+        let v = wire::VersionMsg { major: 0, minor: 1 };
+        let mut payload = v.as_slice().to_vec();
+        payload.extend_from_slice(caps);
+        self.request(wire::Command::Version as u16, 0, &payload, &[])
+    }
+
+    /// Sends a command with `payload` and `fds` and waits for its reply.
+    pub fn request(&mut self, command: u16, flags: u32, payload: &[u8], fds: &[RawFd]) -> Reply {
+        let id = self.send(command, flags, payload, fds);
+        let r = self.read_reply().expect("reply");
+        assert_eq!(r.header.message_id, id, "reply out of order");
+        r
+    }
+
+    /// Sends a command without waiting; returns its message id.
+    pub fn send(&mut self, command: u16, flags: u32, payload: &[u8], fds: &[RawFd]) -> u16 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let h = Header {
+            message_id: id,
+            command,
+            message_size: (HEADER_SIZE + payload.len()) as u32,
+            flags,
+            error: 0,
+        };
+        wire::send(&self.sock, &[h.as_slice(), payload], fds).expect("send");
+        id
+    }
+
+    /// Writes raw bytes to the socket.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).expect("send raw");
+    }
+
+    /// Reads one reply; `None` when the server closed the connection.
+    pub fn read_reply(&mut self) -> Option<Reply> {
+        let mut h = Header::default();
+        if self.sock.read_exact(h.as_mut_slice()).is_err() {
+            return None;
+        }
+        let mut payload = vec![0u8; (h.message_size as usize).saturating_sub(HEADER_SIZE)];
+        self.sock.read_exact(&mut payload).ok()?;
+        Some(Reply { header: h, payload })
+    }
+
+    /// True when the server has closed its end (a read returns end of stream).
+    pub fn closed_by_server(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.sock.read(&mut b), Ok(0))
+    }
+
+    /// A 4-byte REGION_READ.
+    pub fn read32(&mut self, region: u32, offset: u64) -> Result<u32, u32> {
+        let req = wire::RegionAccessMsg { offset, region, count: 4 };
+        let r = self.request(wire::Command::RegionRead as u16, 0, req.as_slice(), &[]);
+        match r.errno() {
+            Some(e) => Err(e),
+            None => Ok(u32::from_le_bytes(r.payload[16..20].try_into().unwrap())),
+        }
+    }
+
+    /// A 4-byte REGION_WRITE.
+    pub fn write32(&mut self, region: u32, offset: u64, value: u32) -> Result<(), u32> {
+        let req = wire::RegionAccessMsg { offset, region, count: 4 };
+        let mut p = req.as_slice().to_vec();
+        p.extend_from_slice(&value.to_le_bytes());
+        let r = self.request(wire::Command::RegionWrite as u16, 0, &p, &[]);
+        r.errno().map_or(Ok(()), Err)
+    }
+
+    /// The raw fd, for tests that pass it around.
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}

@@ -1,0 +1,278 @@
+//! mbochs through vfio-user: what the Linux `bochs` driver probes, a mode programmed with
+//! 16-bit MMIO writes, pixels drawn through the mapped BAR0 and seen in a PNG snapshot, the
+//! framebuffer pool, and the multi-open rules.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mbochs::dispi::{
+    DispiEnable, DISPI_ID5, INDEX_BPP, INDEX_ENABLE, INDEX_ID, INDEX_VIDEO_MEMORY_64K,
+    INDEX_VIRT_HEIGHT, INDEX_VIRT_WIDTH, INDEX_XRES, INDEX_X_OFFSET, INDEX_YRES, INDEX_Y_OFFSET,
+};
+use mbochs::edid::{parse_edid, EDID_BLOCK_LEN};
+use mbochs::mmio::{DISPI_OFFSET, ENDIAN_LITTLE, MMIO_BAR_SIZE, QEXT_ENDIAN_OFFSET, QEXT_SIZE_OFFSET};
+use mbochs::types::{MbochsType, Resolution};
+use mbochs::{new_mbochs, DispiModeReader, MbochsDriver};
+use mdev::parent::{Budget, CreateParams, Parent};
+use mdev::region::{BAR2_REGION_INDEX, CONFIG_REGION_INDEX};
+use mdev::Device;
+use mdev_display::cli::snapshot_once;
+use mdev_display::testing::{draw_pattern, expected_rgb, map_framebuffer_rw, scratch_dir};
+use mdev_display::{DisplayClient, Mode, PixelFormat};
+use vfio_user::Client;
+
+struct Harness {
+    driver: Arc<MbochsDriver>,
+    parent: Arc<Parent>,
+    dir: PathBuf,
+}
+
+impl Harness {
+    fn new(max_mbytes: u64) -> Self {
+        let driver = Arc::new(MbochsDriver::new(max_mbytes));
+        let dir = scratch_dir("mbochs-test");
+        let parent = Parent::new(driver.clone(), &dir).expect("parent");
+        Harness {
+            driver,
+            parent,
+            dir,
+        }
+    }
+
+    fn create(&self, type_name: &str) -> PathBuf {
+        self.parent
+            .create(type_name, None, &CreateParams::new())
+            .expect("create")
+            .socket
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.parent.shutdown();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn dispi_write(c: &mut Client, index: usize, value: u16) {
+    c.region_write(BAR2_REGION_INDEX, DISPI_OFFSET + 2 * index as u64, &value.to_le_bytes())
+        .expect("dispi write");
+}
+
+fn dispi_read(c: &mut Client, index: usize) -> u16 {
+    let mut b = [0u8; 2];
+    c.region_read(BAR2_REGION_INDEX, DISPI_OFFSET + 2 * index as u64, &mut b)
+        .expect("dispi read");
+    u16::from_le_bytes(b)
+}
+
+/// Programs a mode the way Linux's bochs driver does (bochs_hw_setmode + setbase).
+fn set_mode(c: &mut Client, xres: u16, yres: u16, bpp: u16) {
+    dispi_write(c, INDEX_ENABLE, 0);
+    dispi_write(c, INDEX_BPP, bpp);
+    dispi_write(c, INDEX_XRES, xres);
+    dispi_write(c, INDEX_YRES, yres);
+    dispi_write(c, mbochs::dispi::INDEX_BANK, 0);
+    dispi_write(c, INDEX_VIRT_WIDTH, xres);
+    dispi_write(c, INDEX_VIRT_HEIGHT, yres);
+    dispi_write(c, INDEX_X_OFFSET, 0);
+    dispi_write(c, INDEX_Y_OFFSET, 0);
+    dispi_write(
+        c,
+        INDEX_ENABLE,
+        (DispiEnable::ENABLED | DispiEnable::LFB_ENABLED).bits(),
+    );
+}
+
+fn snapshot(socket: &Path, dir: &Path, name: &str) -> image::RgbImage {
+    let out = dir.join(name);
+    snapshot_once(socket, Box::new(DispiModeReader), &out).expect("snapshot");
+    image::open(&out).expect("decode png").to_rgb8()
+}
+
+#[test]
+fn the_linux_driver_finds_a_bochs_display() {
+    let h = Harness::new(256);
+    let socket = h.create("medium");
+    let mut c = Client::new(&socket).expect("connect");
+    let mut id = [0u8; 12];
+    c.region_read(CONFIG_REGION_INDEX, 0, &mut id).expect("config");
+    assert_eq!(&id[0..4], &[0x34, 0x12, 0x11, 0x11]);
+    assert_eq!((id[8], id[10], id[11]), (1, 0x80, 0x03));
+    let mut sub = [0u8; 4];
+    c.region_read(CONFIG_REGION_INDEX, 0x2c, &mut sub).expect("config");
+    assert_eq!(sub, [0xf4, 0x1a, 0x00, 0x11]);
+    assert_eq!(dispi_read(&mut c, INDEX_ID) & 0xfff0, 0xb0c0);
+    assert_eq!(dispi_read(&mut c, INDEX_ID), DISPI_ID5);
+    let mem = u64::from(dispi_read(&mut c, INDEX_VIDEO_MEMORY_64K)) * 64 * 1024;
+    assert_eq!(mem, 16 << 20);
+    assert_eq!(c.region(0).expect("bar0").size, mem);
+    assert_eq!(c.region(2).expect("bar2").size, MMIO_BAR_SIZE);
+    let mut word = [0u8; 4];
+    c.region_read(BAR2_REGION_INDEX, QEXT_SIZE_OFFSET, &mut word).unwrap();
+    assert_eq!(u32::from_le_bytes(word), 8);
+    c.region_read(BAR2_REGION_INDEX, QEXT_ENDIAN_OFFSET, &mut word).unwrap();
+    assert_eq!(u32::from_le_bytes(word), ENDIAN_LITTLE);
+    let mut edid = [0u8; EDID_BLOCK_LEN];
+    c.region_read(BAR2_REGION_INDEX, 0, &mut edid).expect("edid");
+    let summary = parse_edid(&edid).expect("valid EDID");
+    assert_eq!(summary.version, (1, 4));
+    assert_eq!(summary.preferred, Resolution::new(1024, 768));
+    assert!(summary.modes.iter().all(|m| m.within(Resolution::new(1920, 1440))));
+}
+
+#[test]
+fn a_1024x768x32_mode_snapshots_exactly_what_was_drawn() {
+    let h = Harness::new(256);
+    let socket = h.create("medium");
+    let mut guest = Client::new(&socket).expect("connect");
+    set_mode(&mut guest, 1024, 768, 32);
+    let mode = Mode::packed(PixelFormat::Xrgb8888, 1024, 768);
+    let mut fb = map_framebuffer_rw(&guest).expect("map");
+    draw_pattern(&mut fb, &mode);
+    let img = snapshot(&socket, &h.dir, "xga.png");
+    assert_eq!(img.dimensions(), (1024, 768));
+    assert!(img.into_raw() == expected_rgb(&mode), "pixels differ");
+}
+
+#[test]
+fn sixteen_and_twenty_four_bit_modes_convert() {
+    let h = Harness::new(256);
+    let socket = h.create("small");
+    let mut guest = Client::new(&socket).expect("connect");
+    let mut fb = map_framebuffer_rw(&guest).expect("map");
+    for (bpp, format) in [(16, PixelFormat::Rgb565), (24, PixelFormat::Rgb888)] {
+        set_mode(&mut guest, 800, 600, bpp);
+        let mode = Mode::packed(format, 800, 600);
+        draw_pattern(&mut fb, &mode);
+        let img = snapshot(&socket, &h.dir, &format!("bpp{bpp}.png"));
+        assert_eq!(img.dimensions(), (800, 600));
+        assert!(img.into_raw() == expected_rgb(&mode), "{bpp} bpp pixels differ");
+    }
+}
+
+#[test]
+fn a_mode_past_the_type_limit_scans_nothing_out() {
+    let h = Harness::new(256);
+    let socket = h.create("small");
+    let mut guest = Client::new(&socket).expect("connect");
+    set_mode(&mut guest, 1024, 768, 32);
+    let mut viewer = DisplayClient::connect(&socket, Box::new(DispiModeReader)).expect("viewer");
+    assert_eq!(viewer.mode().expect("mode"), None);
+    set_mode(&mut guest, 800, 600, 32);
+    assert_eq!(
+        viewer.mode().expect("mode"),
+        Some(Mode::packed(PixelFormat::Xrgb8888, 800, 600))
+    );
+    // DEVICE_RESET puts the registers back; the mode goes.
+    guest.reset().expect("reset");
+    assert_eq!(viewer.mode().expect("mode"), None);
+}
+
+#[test]
+fn the_pool_is_taken_at_create_and_returned_exactly() {
+    let h = Harness::new(40);
+    let pool = h.driver.pool().clone();
+    let a = h.parent.create("medium", None, &CreateParams::new()).unwrap();
+    let b = h.parent.create("medium", None, &CreateParams::new()).unwrap();
+    assert_eq!(pool.used(), 32);
+    let err = h
+        .parent
+        .create("medium", None, &CreateParams::new())
+        .expect_err("pool exhausted");
+    assert_eq!(err.errno(), libc::ENOSPC);
+    let text = err.to_string();
+    assert!(text.contains("16 MiB") && text.contains("8 of 40"), "{text}");
+    assert_eq!(pool.used(), 32);
+    let small = h.parent.create("small", None, &CreateParams::new()).unwrap();
+    assert_eq!(pool.used(), 36);
+    let types = h.parent.types();
+    let avail = |n: &str| types.iter().find(|t| t.name == n).unwrap().available_instances;
+    assert_eq!((avail("small"), avail("medium"), avail("large")), (1, 0, 0));
+    h.parent.remove(a.uuid, false).unwrap();
+    assert_eq!(pool.used(), 20);
+    h.parent.remove(small.uuid, false).unwrap();
+    h.parent.remove(b.uuid, false).unwrap();
+    assert_eq!(pool.used(), 0);
+}
+
+#[test]
+fn a_create_that_fails_after_taking_memory_gives_it_back() {
+    let h = Harness::new(64);
+    let pool = h.driver.pool().clone();
+    // A directory where the socket should go makes serving fail after the driver created
+    // the device (and took its megabytes).
+    let uuid = uuid::Uuid::new_v4();
+    std::fs::create_dir_all(h.parent.socket_path(uuid).join("blocker")).unwrap();
+    let err = h.parent.create("large", Some(uuid), &CreateParams::new());
+    assert!(err.is_err());
+    assert_eq!(pool.used(), 0);
+    // Bad type and bad parameters take nothing either.
+    assert!(h.parent.create("huge", None, &CreateParams::new()).is_err());
+    let mut params = CreateParams::new();
+    params.insert("colour".into(), "blue".into());
+    assert!(h.parent.create("small", None, &params).is_err());
+    assert_eq!(pool.used(), 0);
+    assert!(h.parent.create("large", None, &CreateParams::new()).is_ok());
+    assert_eq!(pool.used(), 64);
+}
+
+#[test]
+fn closing_one_of_two_connections_keeps_the_framebuffer_and_the_mode() {
+    let h = Harness::new(256);
+    let socket = h.create("medium");
+    let mut first = Client::new(&socket).expect("first");
+    let second = Client::new(&socket).expect("second");
+    set_mode(&mut first, 640, 480, 32);
+    let mode = Mode::packed(PixelFormat::Xrgb8888, 640, 480);
+    let mut fb = map_framebuffer_rw(&first).expect("map");
+    draw_pattern(&mut fb, &mode);
+    second.shutdown().expect("close second");
+    drop(second);
+    // Wait until the server has processed the close (no sleeping: poll the open count).
+    let uuid = h.parent.instances()[0].uuid;
+    while h.parent.handle(uuid).map(|d| d.open_count()) != Some(1) {
+        std::thread::yield_now();
+    }
+    assert_eq!(h.driver.pool().used(), 16);
+    // The remaining connection still drives the device.
+    assert_eq!(dispi_read(&mut first, INDEX_XRES), 640);
+    fb[0..4].copy_from_slice(&PixelFormat::Xrgb8888.from_rgb([1, 2, 3]));
+    let img = snapshot(&socket, &h.dir, "after-close.png");
+    let mut expected = expected_rgb(&mode);
+    expected[0..3].copy_from_slice(&[1, 2, 3]);
+    assert_eq!(img.dimensions(), (640, 480));
+    assert!(img.into_raw() == expected, "pixels differ after a close");
+    // Even the last close keeps everything for the next client.
+    drop(fb);
+    first.shutdown().unwrap();
+    drop(first);
+    while h.parent.handle(uuid).map(|d| d.open_count()) != Some(0) {
+        std::thread::yield_now();
+    }
+    let img = snapshot(&socket, &h.dir, "after-last-close.png");
+    assert!(img.into_raw() == expected, "pixels differ after the last close");
+}
+
+#[test]
+fn odd_accesses_to_bar2_and_config_never_panic() {
+    let ty = MbochsType::by_name("small").unwrap();
+    let budget = Budget::new("test MiB", 4);
+    let mut dev = new_mbochs(ty, uuid::Uuid::new_v4(), budget.take(4).unwrap()).unwrap();
+    for (region, size) in [(BAR2_REGION_INDEX, MMIO_BAR_SIZE), (CONFIG_REGION_INDEX, 256)] {
+        for width in 1..=8u64 {
+            for offset in 0..=size - width {
+                let mut buf = vec![0u8; width as usize];
+                dev.read(region, offset, &mut buf).expect("read");
+                let junk: Vec<u8> = (0..width).map(|i| (offset + i) as u8 ^ 0xa5).collect();
+                dev.write(region, offset, &junk).expect("write");
+            }
+        }
+    }
+    // The identity survived the junk.
+    let mut id = [0u8; 4];
+    dev.read(CONFIG_REGION_INDEX, 0, &mut id).unwrap();
+    assert_eq!(id, [0x34, 0x12, 0x11, 0x11]);
+    drop(dev);
+    assert_eq!(budget.used(), 0);
+}

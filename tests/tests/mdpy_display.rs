@@ -1,0 +1,176 @@
+//! mdpy through vfio-user: identity and the read-only mode capability, pixels drawn through
+//! the mapped BAR0 and seen in a PNG snapshot, the device budget, and the multi-open rules.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mdev::parent::{Budget, CreateParams, Parent};
+use mdev::region::CONFIG_REGION_INDEX;
+use mdev::Device;
+use mdev_display::cli::snapshot_once;
+use mdev_display::testing::{draw_pattern, expected_rgb, map_framebuffer_rw, scratch_dir};
+use mdev_display::{Mode, PixelFormat};
+use mdpy::mode::{FORMAT_OFFSET, HEIGHT_OFFSET, MODE_CAPABILITY_OFFSET, WIDTH_OFFSET};
+use mdpy::types::MdpyType;
+use mdpy::{new_mdpy, ConfigModeReader, MdpyDriver};
+use vfio_user::Client;
+
+struct Harness {
+    driver: Arc<MdpyDriver>,
+    parent: Arc<Parent>,
+    dir: PathBuf,
+}
+
+impl Harness {
+    fn new(max_devices: u64) -> Self {
+        let driver = Arc::new(MdpyDriver::new(max_devices));
+        let dir = scratch_dir("mdpy-test");
+        let parent = Parent::new(driver.clone(), &dir).expect("parent");
+        Harness {
+            driver,
+            parent,
+            dir,
+        }
+    }
+
+    fn create(&self, type_name: &str) -> PathBuf {
+        self.parent
+            .create(type_name, None, &CreateParams::new())
+            .expect("create")
+            .socket
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.parent.shutdown();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn config_u32(c: &mut Client, offset: u64) -> u32 {
+    let mut b = [0u8; 4];
+    c.region_read(CONFIG_REGION_INDEX, offset, &mut b).expect("config read");
+    u32::from_le_bytes(b)
+}
+
+fn snapshot(socket: &Path, dir: &Path, name: &str) -> image::RgbImage {
+    let out = dir.join(name);
+    snapshot_once(socket, Box::new(ConfigModeReader), &out).expect("snapshot");
+    image::open(&out).expect("decode png").to_rgb8()
+}
+
+#[test]
+fn identity_and_mode_capability() {
+    let h = Harness::new(4);
+    let socket = h.create("xga");
+    let mut c = Client::new(&socket).expect("connect");
+    assert_eq!(config_u32(&mut c, 0), 0x000f_1b36);
+    assert_eq!(config_u32(&mut c, 0x2c), 0x1100_1af4);
+    assert_eq!(config_u32(&mut c, 8) >> 24, 0x03);
+    // The capability list starts at 0x40 with a vendor-specific capability.
+    let mut ptr = [0u8; 1];
+    c.region_read(CONFIG_REGION_INDEX, 0x34, &mut ptr).unwrap();
+    assert_eq!(u64::from(ptr[0]), MODE_CAPABILITY_OFFSET);
+    let mut cap = [0u8; 3];
+    c.region_read(CONFIG_REGION_INDEX, MODE_CAPABILITY_OFFSET, &mut cap).unwrap();
+    assert_eq!((cap[0], cap[2]), (0x09, 0x10));
+    assert_eq!(config_u32(&mut c, FORMAT_OFFSET), 0x3432_5258);
+    assert_eq!(config_u32(&mut c, WIDTH_OFFSET), 1024);
+    assert_eq!(config_u32(&mut c, HEIGHT_OFFSET), 768);
+    // Read-only: a guest write changes nothing.
+    c.region_write(CONFIG_REGION_INDEX, WIDTH_OFFSET, &4096u32.to_le_bytes())
+        .unwrap();
+    assert_eq!(config_u32(&mut c, WIDTH_OFFSET), 1024);
+    // BAR0: w*h*4 rounded up to a power of two, mmap-able.
+    let bar0 = c.region(0).expect("bar0");
+    assert_eq!(bar0.size, 4 << 20);
+    assert!(bar0.file_offset.is_some());
+}
+
+#[test]
+fn drawing_through_the_mapped_bar_reaches_the_snapshot() {
+    let h = Harness::new(4);
+    let socket = h.create("vga");
+    let guest = Client::new(&socket).expect("connect");
+    let mode = Mode::packed(PixelFormat::Xrgb8888, 640, 480);
+    let mut fb = map_framebuffer_rw(&guest).expect("map");
+    draw_pattern(&mut fb, &mode);
+    let img = snapshot(&socket, &h.dir, "vga.png");
+    assert_eq!(img.dimensions(), (640, 480));
+    assert!(img.into_raw() == expected_rgb(&mode), "pixels differ");
+}
+
+#[test]
+fn the_device_budget_limits_instances_and_comes_back() {
+    let h = Harness::new(2);
+    let a = h.parent.create("hd", None, &CreateParams::new()).unwrap();
+    let _b = h.parent.create("vga", None, &CreateParams::new()).unwrap();
+    let err = h
+        .parent
+        .create("xga", None, &CreateParams::new())
+        .expect_err("budget exhausted");
+    assert_eq!(err.errno(), libc::ENOSPC);
+    assert!(err.to_string().contains("all 2 mdpy devices"), "{err}");
+    assert_eq!(h.driver.budget().used(), 2);
+    assert!(h.parent.types().iter().all(|t| t.available_instances == 0));
+    h.parent.remove(a.uuid, false).unwrap();
+    assert_eq!(h.driver.budget().used(), 1);
+    assert!(h.parent.create("nope", None, &CreateParams::new()).is_err());
+    assert_eq!(h.driver.budget().used(), 1);
+}
+
+#[test]
+fn closing_one_of_two_connections_keeps_the_framebuffer() {
+    let h = Harness::new(4);
+    let socket = h.create("vga");
+    let uuid = h.parent.instances()[0].uuid;
+    let first = Client::new(&socket).expect("first");
+    let second = Client::new(&socket).expect("second");
+    let mode = Mode::packed(PixelFormat::Xrgb8888, 640, 480);
+    let mut fb = map_framebuffer_rw(&second).expect("map");
+    draw_pattern(&mut fb, &mode);
+    drop(fb);
+    second.shutdown().unwrap();
+    drop(second);
+    while h.parent.handle(uuid).map(|d| d.open_count()) != Some(1) {
+        std::thread::yield_now();
+    }
+    // The survivor still draws, and the picture the closed one drew is still there.
+    let mut fb = map_framebuffer_rw(&first).expect("map");
+    fb[4..8].copy_from_slice(&PixelFormat::Xrgb8888.from_rgb([9, 8, 7]));
+    let mut expected = expected_rgb(&mode);
+    expected[3..6].copy_from_slice(&[9, 8, 7]);
+    let img = snapshot(&socket, &h.dir, "after-close.png");
+    assert!(img.into_raw() == expected, "pixels differ after a close");
+    assert_eq!(h.driver.budget().used(), 1);
+    drop(fb);
+    first.shutdown().unwrap();
+    drop(first);
+    while h.parent.handle(uuid).map(|d| d.open_count()) != Some(0) {
+        std::thread::yield_now();
+    }
+    let img = snapshot(&socket, &h.dir, "after-last-close.png");
+    assert!(img.into_raw() == expected, "pixels differ after the last close");
+}
+
+#[test]
+fn odd_config_accesses_never_panic() {
+    let budget = Budget::new("test devices", 1);
+    let ty = MdpyType::by_name("vga").unwrap();
+    let mut dev = new_mdpy(ty, uuid::Uuid::new_v4(), budget.take(1).unwrap()).unwrap();
+    for width in 1..=8u64 {
+        for offset in 0..=256 - width {
+            let mut buf = vec![0u8; width as usize];
+            dev.read(CONFIG_REGION_INDEX, offset, &mut buf).expect("read");
+            let junk: Vec<u8> = (0..width).map(|i| (offset + i) as u8 ^ 0x5a).collect();
+            dev.write(CONFIG_REGION_INDEX, offset, &junk).expect("write");
+        }
+    }
+    let mut fields = [0u8; 12];
+    dev.read(CONFIG_REGION_INDEX, FORMAT_OFFSET, &mut fields).unwrap();
+    assert_eq!(&fields[..4], b"XR24");
+    assert_eq!(u32::from_le_bytes([fields[4], fields[5], fields[6], fields[7]]), 640);
+    drop(dev);
+    assert_eq!(budget.used(), 0);
+}
