@@ -368,7 +368,7 @@ pub enum WireError {
     #[error("message size {0} outside {HEADER_SIZE}..={MAX_MESSAGE_SIZE}")]
     BadSize(u32),
     /// More fds than we accept arrived with one message.
-    #[error("{0} fds with one message, at most {MAX_MSG_FDS} accepted")]
+    #[error("at least {0} fds with one message, at most {MAX_MSG_FDS} accepted")]
     TooManyFds(usize),
     /// A message that was framed correctly but is not valid.
     #[error("invalid message: {0}")]
@@ -481,7 +481,9 @@ fn recv_exact(
         let n = match recv_with_fds(sock, &mut buf[got..], fds) {
             Ok(n) => n,
             Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                return Err(WireError::TooManyFds(fds.len() + 1))
+                return Err(WireError::TooManyFds(
+                    fds.len().max(MAX_MSG_FDS as usize + 1),
+                ))
             }
             Err(e) => return Err(WireError::Io(e)),
         };

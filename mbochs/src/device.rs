@@ -81,7 +81,12 @@ impl Mbochs {
 fn describe_mode(mode: Option<Mode>) -> String {
     mode.map_or_else(
         || String::from("off"),
-        |m| format!("{}x{} {:?} stride {} offset {:#x}", m.width, m.height, m.format, m.stride, m.offset),
+        |m| {
+            format!(
+                "{}x{} {:?} stride {} offset {:#x}",
+                m.width, m.height, m.format, m.stride, m.offset
+            )
+        },
     )
 }
 
@@ -103,24 +108,26 @@ pub fn mbochs_config(memory: u64) -> Result<PciConfig, DeviceError> {
         command: CommandRegister::IO | CommandRegister::MEMORY,
         status: StatusRegister::empty(),
     });
-    config.add_bar(
-        FRAMEBUFFER_BAR,
-        BarSpec {
-            size: memory,
-            kind: BarKind::Memory32,
-            prefetchable: true,
-        },
-    )
-    .map_err(config_error("framebuffer BAR"))?;
-    config.add_bar(
-        MMIO_BAR,
-        BarSpec {
-            size: MMIO_BAR_SIZE,
-            kind: BarKind::Memory32,
-            prefetchable: false,
-        },
-    )
-    .map_err(config_error("MMIO BAR"))?;
+    config
+        .add_bar(
+            FRAMEBUFFER_BAR as usize,
+            BarSpec {
+                size: memory,
+                kind: BarKind::Memory32,
+                prefetchable: true,
+            },
+        )
+        .map_err(config_error("framebuffer BAR"))?;
+    config
+        .add_bar(
+            MMIO_BAR as usize,
+            BarSpec {
+                size: MMIO_BAR_SIZE,
+                kind: BarKind::Memory32,
+                prefetchable: false,
+            },
+        )
+        .map_err(config_error("MMIO BAR"))?;
     Ok(config)
 }
 
@@ -143,5 +150,10 @@ pub fn new_mbochs(
         name: format!("mbochs {uuid} ({})", ty.name),
         registers: MmioRegisters::new(edid, limits),
     };
-    Ok(DisplayDevice::new(config, framebuffer, model, vec![reservation]))
+    Ok(DisplayDevice::new(
+        config,
+        framebuffer,
+        model,
+        vec![reservation],
+    ))
 }

@@ -62,15 +62,16 @@ pub fn mdpy_config(mode: &Mode, bar_size: u64) -> Result<PciConfig, DeviceError>
         command: CommandRegister::IO | CommandRegister::MEMORY,
         status: StatusRegister::empty(),
     });
-    config.add_bar(
-        FRAMEBUFFER_BAR,
-        BarSpec {
-            size: bar_size,
-            kind: BarKind::Memory32,
-            prefetchable: true,
-        },
-    )
-    .map_err(config_error("framebuffer BAR"))?;
+    config
+        .add_bar(
+            FRAMEBUFFER_BAR as usize,
+            BarSpec {
+                size: bar_size,
+                kind: BarKind::Memory32,
+                prefetchable: true,
+            },
+        )
+        .map_err(config_error("framebuffer BAR"))?;
     let at = config
         .add_capability(&VendorCapability {
             body: mode_capability_body(mode),
@@ -98,5 +99,10 @@ pub fn new_mdpy(
         name: format!("mdpy {uuid} ({})", ty.name),
         mode,
     };
-    Ok(DisplayDevice::new(config, framebuffer, model, vec![reservation]))
+    Ok(DisplayDevice::new(
+        config,
+        framebuffer,
+        model,
+        vec![reservation],
+    ))
 }

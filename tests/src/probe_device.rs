@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mdev::pci::{BarKind, BarSpec, CommandRegister, MsiCapability, PciConfig, PciIdentity, StatusRegister};
+use mdev::pci::{
+    BarKind, BarSpec, CommandRegister, MsiCapability, PciConfig, PciIdentity, StatusRegister,
+};
 use mdev::region::{CONFIG_REGION_INDEX, PCI_NUM_REGIONS};
 use mdev::{Device, DeviceError, Interrupts, RegionInfo, SetContext, SharedMemory};
 
@@ -53,12 +55,18 @@ impl HookLog {
 
     /// How many `open_device` calls completed for `name`.
     pub fn opens(&self, name: &str) -> usize {
-        self.events().iter().filter(|e| **e == HookEvent::OpenEnd(name.into())).count()
+        self.events()
+            .iter()
+            .filter(|e| **e == HookEvent::OpenEnd(name.into()))
+            .count()
     }
 
     /// How many `close_device` calls completed for `name`.
     pub fn closes(&self, name: &str) -> usize {
-        self.events().iter().filter(|e| **e == HookEvent::CloseEnd(name.into())).count()
+        self.events()
+            .iter()
+            .filter(|e| **e == HookEvent::CloseEnd(name.into()))
+            .count()
     }
 }
 
@@ -86,7 +94,12 @@ pub struct Rendezvous {
 impl Rendezvous {
     /// A rendezvous of `parties`.
     pub fn new(parties: usize) -> Arc<Self> {
-        Arc::new(Rendezvous { parties, arrived: Mutex::new(0), cv: std::sync::Condvar::new(), met: AtomicUsize::new(0) })
+        Arc::new(Rendezvous {
+            parties,
+            arrived: Mutex::new(0),
+            cv: std::sync::Condvar::new(),
+            met: AtomicUsize::new(0),
+        })
     }
 
     /// Arrives and waits (at most 10 s) for the others.
@@ -141,14 +154,41 @@ impl ProbeDevice {
             status: StatusRegister::empty(),
         });
         config
-            .add_bar(0, BarSpec { size: REG_BAR_SIZE, kind: BarKind::Memory32, prefetchable: false })
+            .add_bar(
+                0,
+                BarSpec {
+                    size: REG_BAR_SIZE,
+                    kind: BarKind::Memory32,
+                    prefetchable: false,
+                },
+            )
             .expect("bar0");
         config
-            .add_bar(2, BarSpec { size: MEM_BAR_SIZE, kind: BarKind::Memory64, prefetchable: true })
+            .add_bar(
+                2,
+                BarSpec {
+                    size: MEM_BAR_SIZE,
+                    kind: BarKind::Memory64,
+                    prefetchable: true,
+                },
+            )
             .expect("bar2");
-        config.add_bar(4, BarSpec { size: 16, kind: BarKind::Io, prefetchable: false }).expect("bar4");
         config
-            .add_capability(&MsiCapability { vectors: 1, address_64: true, per_vector_mask: false })
+            .add_bar(
+                4,
+                BarSpec {
+                    size: 16,
+                    kind: BarKind::Io,
+                    prefetchable: false,
+                },
+            )
+            .expect("bar4");
+        config
+            .add_capability(&MsiCapability {
+                vectors: 1,
+                address_64: true,
+                per_vector_mask: false,
+            })
             .expect("msi");
         ProbeDevice {
             name: name.to_string(),
@@ -198,7 +238,13 @@ impl Device for ProbeDevice {
             2 => self.mem.read(offset, data)?,
             4 => data.fill(0xff),
             CONFIG_REGION_INDEX => self.config.read(offset, data),
-            _ => return Err(DeviceError::InvalidAccess { region, offset, len: data.len() }),
+            _ => {
+                return Err(DeviceError::InvalidAccess {
+                    region,
+                    offset,
+                    len: data.len(),
+                })
+            }
         }
         Ok(())
     }
@@ -217,7 +263,13 @@ impl Device for ProbeDevice {
             2 => self.mem.write(offset, data)?,
             4 => {}
             CONFIG_REGION_INDEX => self.config.write(offset, data),
-            _ => return Err(DeviceError::InvalidAccess { region, offset, len: data.len() }),
+            _ => {
+                return Err(DeviceError::InvalidAccess {
+                    region,
+                    offset,
+                    len: data.len(),
+                })
+            }
         }
         Ok(())
     }
@@ -234,8 +286,11 @@ impl Device for ProbeDevice {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .is_ok();
         if fail {
-            self.log.push(HookEvent::OpenEnd(format!("{}:failed", self.name)));
-            return Err(DeviceError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+            self.log
+                .push(HookEvent::OpenEnd(format!("{}:failed", self.name)));
+            return Err(DeviceError::Io(std::io::Error::from_raw_os_error(
+                libc::EIO,
+            )));
         }
         self.generation += 1;
         self.log.push(HookEvent::OpenEnd(self.name.clone()));

@@ -37,7 +37,8 @@ impl RawClient {
     /// Connects without negotiating.
     pub fn connect(path: &Path) -> Self {
         let sock = UnixStream::connect(path).expect("connect");
-        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         RawClient { sock, next_id: 0 }
     }
 
@@ -99,12 +100,21 @@ impl RawClient {
     /// True when the server has closed its end (a read returns end of stream).
     pub fn closed_by_server(&mut self) -> bool {
         let mut b = [0u8; 1];
-        matches!(self.sock.read(&mut b), Ok(0))
+        // A server that closes with our bytes still unread makes the read fail with ECONNRESET.
+        match self.sock.read(&mut b) {
+            Ok(0) => true,
+            Err(e) => e.raw_os_error() == Some(libc::ECONNRESET),
+            Ok(_) => false,
+        }
     }
 
     /// A 4-byte REGION_READ.
     pub fn read32(&mut self, region: u32, offset: u64) -> Result<u32, u32> {
-        let req = wire::RegionAccessMsg { offset, region, count: 4 };
+        let req = wire::RegionAccessMsg {
+            offset,
+            region,
+            count: 4,
+        };
         let r = self.request(wire::Command::RegionRead as u16, 0, req.as_slice(), &[]);
         match r.errno() {
             Some(e) => Err(e),
@@ -114,7 +124,11 @@ impl RawClient {
 
     /// A 4-byte REGION_WRITE.
     pub fn write32(&mut self, region: u32, offset: u64, value: u32) -> Result<(), u32> {
-        let req = wire::RegionAccessMsg { offset, region, count: 4 };
+        let req = wire::RegionAccessMsg {
+            offset,
+            region,
+            count: 4,
+        };
         let mut p = req.as_slice().to_vec();
         p.extend_from_slice(&value.to_le_bytes());
         let r = self.request(wire::Command::RegionWrite as u16, 0, &p, &[]);

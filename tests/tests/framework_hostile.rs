@@ -6,8 +6,12 @@ use std::os::fd::AsRawFd;
 
 use mdev::device_set::DeviceSets;
 use mdev::server::DeviceServer;
-use mdev::wire::{self, Command, Header, RegionAccessMsg, HEADER_SIZE, MAX_DATA_XFER_SIZE, MAX_MESSAGE_SIZE};
-use mdev_tests::{init_logging, wait_until, HookLog, ProbeDevice, ProbeOptions, RawClient, ScratchDir};
+use mdev::wire::{
+    self, Command, Header, RegionAccessMsg, HEADER_SIZE, MAX_DATA_XFER_SIZE, MAX_MESSAGE_SIZE,
+};
+use mdev_tests::{
+    init_logging, wait_until, HookLog, ProbeDevice, ProbeOptions, RawClient, ScratchDir,
+};
 use vm_memory::ByteValued;
 
 const EINVAL: u32 = libc::EINVAL as u32;
@@ -24,14 +28,33 @@ fn fixture() -> Fixture {
     let dir = ScratchDir::new("hostile");
     let log = HookLog::default();
     let sets = DeviceSets::new();
-    let h = sets.register("dev", Box::new(ProbeDevice::new("dev", log.clone(), ProbeOptions::default())), None);
+    let h = sets.register(
+        "dev",
+        Box::new(ProbeDevice::new(
+            "dev",
+            log.clone(),
+            ProbeOptions::default(),
+        )),
+        None,
+    );
     let path = dir.join("dev.sock");
     let server = DeviceServer::bind(&path, h).unwrap();
-    Fixture { _dir: dir, server, path, log }
+    Fixture {
+        _dir: dir,
+        server,
+        path,
+        log,
+    }
 }
 
 fn access(region: u32, offset: u64, count: u32) -> Vec<u8> {
-    RegionAccessMsg { offset, region, count }.as_slice().to_vec()
+    RegionAccessMsg {
+        offset,
+        region,
+        count,
+    }
+    .as_slice()
+    .to_vec()
 }
 
 /// After a rejected message the same connection still answers correctly.
@@ -47,16 +70,35 @@ fn bad_region_accesses_get_einval_and_the_stream_stays_in_sync() {
     let read = Command::RegionRead as u16;
     let write = Command::RegionWrite as u16;
     // Wrong region index.
-    assert_eq!(c.request(read, 0, &access(99, 0, 4), &[]).errno(), Some(EINVAL));
+    assert_eq!(
+        c.request(read, 0, &access(99, 0, 4), &[]).errno(),
+        Some(EINVAL)
+    );
     assert_in_sync(&mut c);
     // An absent region.
-    assert_eq!(c.request(read, 0, &access(1, 0, 4), &[]).errno(), Some(EINVAL));
+    assert_eq!(
+        c.request(read, 0, &access(1, 0, 4), &[]).errno(),
+        Some(EINVAL)
+    );
     // Past the end, and offset + count overflowing.
-    assert_eq!(c.request(read, 0, &access(0, 4094, 4), &[]).errno(), Some(EINVAL));
-    assert_eq!(c.request(read, 0, &access(0, u64::MAX - 1, 4), &[]).errno(), Some(EINVAL));
+    assert_eq!(
+        c.request(read, 0, &access(0, 4094, 4), &[]).errno(),
+        Some(EINVAL)
+    );
+    assert_eq!(
+        c.request(read, 0, &access(0, u64::MAX - 1, 4), &[]).errno(),
+        Some(EINVAL)
+    );
     // A count far beyond the transfer limit is refused before any allocation.
-    assert_eq!(c.request(read, 0, &access(0, 0, u32::MAX), &[]).errno(), Some(EINVAL));
-    assert_eq!(c.request(read, 0, &access(2, 0, MAX_DATA_XFER_SIZE + 1), &[]).errno(), Some(EINVAL));
+    assert_eq!(
+        c.request(read, 0, &access(0, 0, u32::MAX), &[]).errno(),
+        Some(EINVAL)
+    );
+    assert_eq!(
+        c.request(read, 0, &access(2, 0, MAX_DATA_XFER_SIZE + 1), &[])
+            .errno(),
+        Some(EINVAL)
+    );
     assert_in_sync(&mut c);
     // A write to a bad region has its payload consumed: still in sync.
     let mut p = access(42, 0, 8);
@@ -79,27 +121,55 @@ fn unknown_and_unsupported_commands_get_enotsup() {
     let mut c = RawClient::open(&f.path);
     let enotsup = Some(libc::ENOTSUP as u32);
     assert_eq!(c.request(99, 0, &[], &[]).errno(), enotsup);
-    assert_eq!(c.request(Command::DmaRead as u16, 0, &[0; 16], &[]).errno(), enotsup);
-    assert_eq!(c.request(Command::DirtyPages as u16, 0, &[0; 16], &[]).errno(), enotsup);
-    assert_eq!(c.request(Command::DeviceGetRegionIoFds as u16, 0, &[0; 16], &[]).errno(), enotsup);
-    assert_eq!(c.request(Command::Version as u16, 0, &[0; 4], &[]).errno(), Some(EINVAL), "VERSION twice");
+    assert_eq!(
+        c.request(Command::DmaRead as u16, 0, &[0; 16], &[]).errno(),
+        enotsup
+    );
+    assert_eq!(
+        c.request(Command::DirtyPages as u16, 0, &[0; 16], &[])
+            .errno(),
+        enotsup
+    );
+    assert_eq!(
+        c.request(Command::DeviceGetRegionIoFds as u16, 0, &[0; 16], &[])
+            .errno(),
+        enotsup
+    );
+    assert_eq!(
+        c.request(Command::Version as u16, 0, &[0; 4], &[]).errno(),
+        Some(EINVAL),
+        "VERSION twice"
+    );
     assert_in_sync(&mut c);
 }
 
 #[test]
 fn malformed_version_messages_are_refused_without_a_panic() {
     let f = fixture();
-    for caps in [&b"{\"capabilities\":{}}"[..], b"{nope\0", &[0xff, 0xfe, 0x00]] {
+    for caps in [
+        &b"{\"capabilities\":{}}"[..],
+        b"{nope\0",
+        &[0xff, 0xfe, 0x00],
+    ] {
         let mut c = RawClient::connect(&f.path);
         assert_eq!(c.version(caps).errno(), Some(EINVAL), "caps {caps:?}");
         assert!(c.closed_by_server());
     }
     // Unknown capability keys are ignored.
     let mut c = RawClient::connect(&f.path);
-    assert_eq!(c.version(b"{\"capabilities\":{\"twin_socket\":{\"supported\":true}},\"x\":1}\0").errno(), None);
+    assert_eq!(
+        c.version(b"{\"capabilities\":{\"twin_socket\":{\"supported\":true}},\"x\":1}\0")
+            .errno(),
+        None
+    );
+    drop(c);
     // A first message that is not VERSION.
     let mut c = RawClient::connect(&f.path);
-    assert_eq!(c.request(Command::RegionRead as u16, 0, &access(0, 0, 4), &[]).errno(), Some(EINVAL));
+    assert_eq!(
+        c.request(Command::RegionRead as u16, 0, &access(0, 0, 4), &[])
+            .errno(),
+        Some(EINVAL)
+    );
     assert!(c.closed_by_server());
     wait_until("no open left", || f.server.handle().open_count() == 0);
 }
@@ -110,7 +180,13 @@ fn sizes_that_break_framing_close_the_connection_and_release_its_open() {
     for size in [0u32, 8, MAX_MESSAGE_SIZE + 1, u32::MAX] {
         let before = f.log.closes("dev");
         let mut c = RawClient::open(&f.path);
-        let h = Header { message_id: 5, command: Command::RegionWrite as u16, message_size: size, flags: 0, error: 0 };
+        let h = Header {
+            message_id: 5,
+            command: Command::RegionWrite as u16,
+            message_size: size,
+            flags: 0,
+            error: 0,
+        };
         c.send_raw(h.as_slice());
         let r = c.read_reply().expect("an error reply before closing");
         assert_ne!(r.errno(), None);
@@ -125,36 +201,124 @@ fn bad_interrupt_and_dma_requests_are_einval() {
     let f = fixture();
     let mut c = RawClient::open(&f.path);
     let set_irqs = |flags: u32, index: u32, start: u32, count: u32| {
-        wire::SetIrqsMsg { argsz: 20, flags, index, start, count }.as_slice().to_vec()
+        wire::SetIrqsMsg {
+            argsz: 20,
+            flags,
+            index,
+            start,
+            count,
+        }
+        .as_slice()
+        .to_vec()
     };
     let cmd = Command::DeviceSetIrqs as u16;
-    assert_eq!(c.request(cmd, 0, &set_irqs(0x3f, 0, 0, 1), &[]).errno(), Some(EINVAL), "several flags");
-    assert_eq!(c.request(cmd, 0, &set_irqs(0x1000, 0, 0, 1), &[]).errno(), Some(EINVAL), "unknown flag");
-    assert_eq!(c.request(cmd, 0, &set_irqs(0x21, 9, 0, 1), &[]).errno(), Some(EINVAL), "no such index");
-    assert_eq!(c.request(cmd, 0, &set_irqs(0x21, 0, 1, 1), &[]).errno(), Some(EINVAL), "vector past the index");
-    assert_eq!(c.request(cmd, 0, &set_irqs(0x21, 1, u32::MAX, 1), &[]).errno(), Some(EINVAL), "start overflows");
-    assert_eq!(c.request(cmd, 0, &set_irqs(0x24, 0, 0, 1), &[]).errno(), Some(EINVAL), "eventfd missing");
-    assert_eq!(c.request(cmd, 0, &set_irqs(0x22, 0, 0, 1), &[]).errno(), Some(EINVAL), "bool data missing");
+    assert_eq!(
+        c.request(cmd, 0, &set_irqs(0x3f, 0, 0, 1), &[]).errno(),
+        Some(EINVAL),
+        "several flags"
+    );
+    assert_eq!(
+        c.request(cmd, 0, &set_irqs(0x1000, 0, 0, 1), &[]).errno(),
+        Some(EINVAL),
+        "unknown flag"
+    );
+    assert_eq!(
+        c.request(cmd, 0, &set_irqs(0x21, 9, 0, 1), &[]).errno(),
+        Some(EINVAL),
+        "no such index"
+    );
+    assert_eq!(
+        c.request(cmd, 0, &set_irqs(0x21, 0, 1, 1), &[]).errno(),
+        Some(EINVAL),
+        "vector past the index"
+    );
+    assert_eq!(
+        c.request(cmd, 0, &set_irqs(0x21, 1, u32::MAX, 1), &[])
+            .errno(),
+        Some(EINVAL),
+        "start overflows"
+    );
+    assert_eq!(
+        c.request(cmd, 0, &set_irqs(0x24, 0, 0, 1), &[]).errno(),
+        Some(EINVAL),
+        "eventfd missing"
+    );
+    assert_eq!(
+        c.request(cmd, 0, &set_irqs(0x22, 0, 0, 1), &[]).errno(),
+        Some(EINVAL),
+        "bool data missing"
+    );
     let e1 = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
     let e2 = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
     let fds = [e1.as_raw_fd(), e2.as_raw_fd()];
-    assert_eq!(c.request(cmd, 0, &set_irqs(0x24, 0, 0, 1), &fds).errno(), Some(EINVAL), "two fds, one vector");
+    assert_eq!(
+        c.request(cmd, 0, &set_irqs(0x24, 0, 0, 1), &fds).errno(),
+        Some(EINVAL),
+        "two fds, one vector"
+    );
     assert_in_sync(&mut c);
 
     let map = |flags: u32, address: u64, size: u64| {
-        wire::DmaMapMsg { argsz: 32, flags, offset: 0, address, size }.as_slice().to_vec()
+        wire::DmaMapMsg {
+            argsz: 32,
+            flags,
+            offset: 0,
+            address,
+            size,
+        }
+        .as_slice()
+        .to_vec()
     };
     let dma = Command::DmaMap as u16;
-    assert_eq!(c.request(dma, 0, &map(3, 0x1000, 0), &[]).errno(), Some(EINVAL), "empty");
-    assert_eq!(c.request(dma, 0, &map(3, u64::MAX - 10, 0x1000), &[]).errno(), Some(EINVAL), "wraps");
-    assert_eq!(c.request(dma, 0, &map(0x80, 0x1000, 0x1000), &[]).errno(), Some(EINVAL), "unknown flag");
-    assert_eq!(c.request(dma, 0, &map(3, 0x1000, 0x1000), &fds).errno(), Some(EINVAL), "two fds");
+    assert_eq!(
+        c.request(dma, 0, &map(3, 0x1000, 0), &[]).errno(),
+        Some(EINVAL),
+        "empty"
+    );
+    assert_eq!(
+        c.request(dma, 0, &map(3, u64::MAX - 10, 0x1000), &[])
+            .errno(),
+        Some(EINVAL),
+        "wraps"
+    );
+    assert_eq!(
+        c.request(dma, 0, &map(0x80, 0x1000, 0x1000), &[]).errno(),
+        Some(EINVAL),
+        "unknown flag"
+    );
+    assert_eq!(
+        c.request(dma, 0, &map(3, 0x1000, 0x1000), &fds).errno(),
+        Some(EINVAL),
+        "two fds"
+    );
     // A map without an fd is recorded; an overlapping one is refused.
-    assert_eq!(c.request(dma, 0, &map(3, 0xfffc_0000, 0x40000), &[]).errno(), None);
-    assert_eq!(c.request(dma, 0, &map(3, 0xfffd_0000, 0x1000), &[]).errno(), Some(libc::EEXIST as u32));
-    let unmap = wire::DmaUnmapMsg { argsz: 24, flags: 0, address: 0xfffc_0000, size: 0x1000 };
-    assert_eq!(c.request(Command::DmaUnmap as u16, 0, unmap.as_slice(), &[]).errno(), Some(EINVAL), "splits a map");
-    let all = wire::DmaUnmapMsg { argsz: 24, flags: wire::DMA_UNMAP_ALL, address: 0, size: 0 };
+    assert_eq!(
+        c.request(dma, 0, &map(3, 0xfffc_0000, 0x40000), &[])
+            .errno(),
+        None
+    );
+    assert_eq!(
+        c.request(dma, 0, &map(3, 0xfffd_0000, 0x1000), &[]).errno(),
+        Some(libc::EEXIST as u32)
+    );
+    let unmap = wire::DmaUnmapMsg {
+        argsz: 24,
+        flags: 0,
+        address: 0xfffc_0000,
+        size: 0x1000,
+    };
+    assert_eq!(
+        c.request(Command::DmaUnmap as u16, 0, unmap.as_slice(), &[])
+            .errno(),
+        Some(EINVAL),
+        "splits a map"
+    );
+    let all = wire::DmaUnmapMsg {
+        argsz: 24,
+        flags: wire::DMA_UNMAP_ALL,
+        address: 0,
+        size: 0,
+    };
     let r = c.request(Command::DmaUnmap as u16, 0, all.as_slice(), &[]);
     assert_eq!(r.errno(), None);
     assert_eq!(r.payload.len(), 24, "DMA_UNMAP reply echoes the struct");
@@ -165,9 +329,23 @@ fn bad_interrupt_and_dma_requests_are_einval() {
 fn too_many_fds_close_the_connection() {
     let f = fixture();
     let mut c = RawClient::open(&f.path);
-    let efds: Vec<_> = (0..20).map(|_| vmm_sys_util::eventfd::EventFd::new(0).unwrap()).collect();
+    let efds: Vec<_> = (0..20)
+        .map(|_| vmm_sys_util::eventfd::EventFd::new(0).unwrap())
+        .collect();
     let fds: Vec<_> = efds.iter().map(|e| e.as_raw_fd()).collect();
-    c.send(Command::DeviceSetIrqs as u16, 0, wire::SetIrqsMsg { argsz: 20, flags: 0x24, index: 0, start: 0, count: 20 }.as_slice(), &fds);
+    c.send(
+        Command::DeviceSetIrqs as u16,
+        0,
+        wire::SetIrqsMsg {
+            argsz: 20,
+            flags: 0x24,
+            index: 0,
+            start: 0,
+            count: 20,
+        }
+        .as_slice(),
+        &fds,
+    );
     let r = c.read_reply();
     assert!(r.is_none_or(|r| r.errno().is_some()));
     assert!(c.closed_by_server());
@@ -183,7 +361,12 @@ fn posted_writes_get_no_reply_even_when_they_fail() {
     c.send(Command::RegionWrite as u16, wire::flags::NO_REPLY, &p, &[]);
     let mut bad = access(77, 0, 4);
     bad.extend_from_slice(&[0; 4]);
-    c.send(Command::RegionWrite as u16, wire::flags::NO_REPLY, &bad, &[]);
+    c.send(
+        Command::RegionWrite as u16,
+        wire::flags::NO_REPLY,
+        &bad,
+        &[],
+    );
     // The next reply belongs to this read: nothing was sent for the posted writes.
     assert_eq!(c.read32(0, 0x30), Ok(7));
 }
@@ -206,5 +389,7 @@ fn garbage_from_one_client_never_disturbs_another() {
         bad.send_raw(&junk);
     }
     assert_eq!(good.read32(0, 0x40), Ok(1234));
-    wait_until("junk connections closed", || f.server.handle().open_count() == 1);
+    wait_until("junk connections closed", || {
+        f.server.handle().open_count() == 1
+    });
 }

@@ -9,7 +9,10 @@ use mdev::device_set::{DeviceHandle, DeviceSetKey, DeviceSets};
 use mdev::server::DeviceServer;
 use mdev::IrqIndex;
 use mdev_tests::probe_device::REG_IRQ_LINE;
-use mdev_tests::{init_logging, wait_until, HookEvent, HookLog, ProbeDevice, ProbeOptions, RawClient, Rendezvous, ScratchDir};
+use mdev_tests::{
+    init_logging, wait_until, HookEvent, HookLog, ProbeDevice, ProbeOptions, RawClient, Rendezvous,
+    ScratchDir,
+};
 use vfio_user::Client;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -24,7 +27,14 @@ impl Served {
     }
 }
 
-fn serve(sets: &DeviceSets, dir: &ScratchDir, name: &str, log: &HookLog, opts: ProbeOptions, key: Option<&str>) -> Served {
+fn serve(
+    sets: &DeviceSets,
+    dir: &ScratchDir,
+    name: &str,
+    log: &HookLog,
+    opts: ProbeOptions,
+    key: Option<&str>,
+) -> Served {
     let dev = ProbeDevice::new(name, log.clone(), opts);
     let handle = sets.register(name, Box::new(dev), key.map(DeviceSetKey::from));
     let path = dir.join(&format!("{name}.sock"));
@@ -52,7 +62,11 @@ fn concurrent_opens_call_open_device_once(n: usize) {
         .collect();
     barrier.wait();
     assert_eq!(s.handle().open_count(), n);
-    assert_eq!(log.opens("dev"), 1, "open_device exactly once for {n} connections");
+    assert_eq!(
+        log.opens("dev"),
+        1,
+        "open_device exactly once for {n} connections"
+    );
     assert_eq!(log.closes("dev"), 0);
     barrier.wait();
     for t in threads {
@@ -60,7 +74,11 @@ fn concurrent_opens_call_open_device_once(n: usize) {
     }
     wait_until("all connections closed", || s.handle().open_count() == 0);
     assert_eq!(log.opens("dev"), 1);
-    assert_eq!(log.closes("dev"), 1, "close_device exactly once, at the last close");
+    assert_eq!(
+        log.closes("dev"),
+        1,
+        "close_device exactly once, at the last close"
+    );
 }
 
 #[test]
@@ -81,16 +99,29 @@ fn closing_one_of_two_connections_keeps_device_state() {
     let sets = DeviceSets::new();
     let s = serve(&sets, &dir, "dev", &log, ProbeOptions::default(), None);
     let mut a = Client::new(&s.path).unwrap();
-    a.region_write(0, 0x10, &0xfeed_f00du32.to_le_bytes()).unwrap();
+    a.region_write(0, 0x10, &0xfeed_f00du32.to_le_bytes())
+        .unwrap();
     let mut b = Client::new(&s.path).unwrap();
     drop(a);
     wait_until("first connection closed", || s.handle().open_count() == 1);
     let mut v = [0u8; 4];
     b.region_read(0, 0x10, &mut v).unwrap();
-    assert_eq!(u32::from_le_bytes(v), 0xfeed_f00d, "register kept for the remaining connection");
+    assert_eq!(
+        u32::from_le_bytes(v),
+        0xfeed_f00d,
+        "register kept for the remaining connection"
+    );
     b.region_read(0, 0, &mut v).unwrap();
-    assert_eq!(u32::from_le_bytes(v), 1, "device was opened once and never re-opened");
-    assert_eq!(log.closes("dev"), 0, "no close_device while a connection remains");
+    assert_eq!(
+        u32::from_le_bytes(v),
+        1,
+        "device was opened once and never re-opened"
+    );
+    assert_eq!(
+        log.closes("dev"),
+        0,
+        "no close_device while a connection remains"
+    );
     drop(b);
     wait_until("last connection closed", || s.handle().open_count() == 0);
     assert_eq!(log.closes("dev"), 1);
@@ -106,16 +137,26 @@ fn a_connection_closing_drops_only_its_own_eventfds() {
     let mut a = Client::new(&s.path).unwrap();
     let efd = EventFd::new(EFD_NONBLOCK).unwrap();
     use std::os::fd::AsRawFd;
-    a.set_irqs(IrqIndex::Intx as u32, 0x24, 0, 1, &[efd.as_raw_fd()]).unwrap();
+    a.set_irqs(IrqIndex::Intx as u32, 0x24, 0, 1, &[efd.as_raw_fd()])
+        .unwrap();
     let b = Client::new(&s.path).unwrap();
     drop(b);
     wait_until("second connection closed", || s.handle().open_count() == 1);
-    assert_eq!(s.handle().interrupts().active(), Some(IrqIndex::Intx), "A's eventfd survives B's close");
-    a.region_write(0, REG_IRQ_LINE, &1u32.to_le_bytes()).unwrap();
+    assert_eq!(
+        s.handle().interrupts().active(),
+        Some(IrqIndex::Intx),
+        "A's eventfd survives B's close"
+    );
+    a.region_write(0, REG_IRQ_LINE, &1u32.to_le_bytes())
+        .unwrap();
     assert_eq!(efd.read().unwrap(), 1, "A still receives its interrupt");
     drop(a);
     wait_until("closed", || s.handle().open_count() == 0);
-    assert_eq!(s.handle().interrupts().active(), None, "A's eventfds dropped with A");
+    assert_eq!(
+        s.handle().interrupts().active(),
+        None,
+        "A's eventfds dropped with A"
+    );
 }
 
 #[test]
@@ -129,11 +170,19 @@ fn a_failing_open_device_leaves_the_count_at_zero_and_the_next_open_succeeds() {
     let s = serve(&sets, &dir, "dev", &log, opts, None);
     let mut raw = RawClient::connect(&s.path);
     let r = raw.version(b"{}\0");
-    assert_eq!(r.errno(), Some(libc::EIO as u32), "the open fails with open_device's error");
+    assert_eq!(
+        r.errno(),
+        Some(libc::EIO as u32),
+        "the open fails with open_device's error"
+    );
     assert!(raw.closed_by_server());
     assert_eq!(s.handle().open_count(), 0);
     assert_eq!(log.opens("dev"), 0);
-    assert_eq!(log.closes("dev"), 0, "no close_device for an open that failed");
+    assert_eq!(
+        log.closes("dev"),
+        0,
+        "no close_device for an open that failed"
+    );
     let c = Client::new(&s.path).expect("second open succeeds");
     assert_eq!(log.opens("dev"), 1);
     drop(c);
@@ -147,7 +196,10 @@ fn hooks_of_one_set_serialize() {
     let dir = ScratchDir::new("serial");
     let log = HookLog::default();
     let sets = DeviceSets::new();
-    let opts = ProbeOptions { hook_time: Some(Duration::from_millis(20)), ..Default::default() };
+    let opts = ProbeOptions {
+        hook_time: Some(Duration::from_millis(20)),
+        ..Default::default()
+    };
     let served: Vec<_> = ["a", "b", "c"]
         .iter()
         .map(|n| serve(&sets, &dir, n, &log, opts.clone(), Some("bus0")))
@@ -172,7 +224,8 @@ fn hooks_of_one_set_serialize() {
     assert_eq!(ev.len(), 3 * 3 * 4);
     for pair in ev.chunks(2) {
         match (&pair[0], &pair[1]) {
-            (HookEvent::OpenStart(a), HookEvent::OpenEnd(b)) | (HookEvent::CloseStart(a), HookEvent::CloseEnd(b)) => {
+            (HookEvent::OpenStart(a), HookEvent::OpenEnd(b))
+            | (HookEvent::CloseStart(a), HookEvent::CloseEnd(b)) => {
                 assert_eq!(a, b, "a hook of another device ran inside this one: {ev:?}")
             }
             other => panic!("hooks interleaved: {other:?} in {ev:?}"),
@@ -187,14 +240,21 @@ fn hooks_of_different_sets_run_concurrently() {
     let log = HookLog::default();
     let sets = DeviceSets::new();
     let meet = Rendezvous::new(2);
-    let opts = ProbeOptions { rendezvous: Some(meet.clone()), ..Default::default() };
+    let opts = ProbeOptions {
+        rendezvous: Some(meet.clone()),
+        ..Default::default()
+    };
     let a = serve(&sets, &dir, "a", &log, opts.clone(), Some("bus1"));
     let b = serve(&sets, &dir, "b", &log, opts, None);
     let (pa, pb) = (a.path.clone(), b.path.clone());
     let ta = std::thread::spawn(move || Client::new(&pa).unwrap());
     let tb = std::thread::spawn(move || Client::new(&pb).unwrap());
     let (ca, cb) = (ta.join().unwrap(), tb.join().unwrap());
-    assert_eq!(meet.met(), 2, "both open_device hooks were running at the same time");
+    assert_eq!(
+        meet.met(),
+        2,
+        "both open_device hooks were running at the same time"
+    );
     drop((ca, cb));
 }
 
@@ -207,7 +267,14 @@ fn open_close_storms_across_sets_end_consistent() {
     let served: Vec<_> = (0..6)
         .map(|i| {
             let key = format!("set{}", i % 3);
-            serve(&sets, &dir, &format!("d{i}"), &log, ProbeOptions::default(), Some(key.as_str()))
+            serve(
+                &sets,
+                &dir,
+                &format!("d{i}"),
+                &log,
+                ProbeOptions::default(),
+                Some(key.as_str()),
+            )
         })
         .collect();
     let paths: Vec<_> = served.iter().map(|s| s.path.clone()).collect();
@@ -231,7 +298,11 @@ fn open_close_storms_across_sets_end_consistent() {
     for (i, s) in served.iter().enumerate() {
         wait_until("storm settled", || s.handle().open_count() == 0);
         let name = format!("d{i}");
-        assert_eq!(log.opens(&name), log.closes(&name), "{name}: every open_device has its close_device");
+        assert_eq!(
+            log.opens(&name),
+            log.closes(&name),
+            "{name}: every open_device has its close_device"
+        );
         assert!(log.opens(&name) >= 1);
     }
 }
@@ -250,7 +321,13 @@ fn a_client_killed_mid_message_still_ends_in_close_device() {
     wait_until("closed after partial header", || log.closes("dev") == 1);
     // Partial payload.
     let mut c = RawClient::open(&s.path);
-    let h = mdev::wire::Header { message_id: 1, command: 10, message_size: 16 + 16 + 64, flags: 0, error: 0 };
+    let h = mdev::wire::Header {
+        message_id: 1,
+        command: 10,
+        message_size: 16 + 16 + 64,
+        flags: 0,
+        error: 0,
+    };
     use vm_memory::ByteValued;
     c.send_raw(h.as_slice());
     c.send_raw(&[0u8; 20]);
@@ -280,14 +357,26 @@ fn shutting_the_server_down_closes_every_connection() {
 fn a_set_lives_as_long_as_its_devices() {
     let log = HookLog::default();
     let sets = DeviceSets::new();
-    let a = sets.register("a", Box::new(ProbeDevice::new("a", log.clone(), ProbeOptions::default())), Some("k".into()));
-    let b = sets.register("b", Box::new(ProbeDevice::new("b", log.clone(), ProbeOptions::default())), Some("k".into()));
+    let a = sets.register(
+        "a",
+        Box::new(ProbeDevice::new("a", log.clone(), ProbeOptions::default())),
+        Some("k".into()),
+    );
+    let b = sets.register(
+        "b",
+        Box::new(ProbeDevice::new("b", log.clone(), ProbeOptions::default())),
+        Some("k".into()),
+    );
     assert!(Arc::ptr_eq(a.set(), b.set()));
     assert_eq!(sets.keyed_sets(), 1);
     drop(a);
     assert_eq!(b.set().len(), 1);
     drop(b);
     assert_eq!(sets.keyed_sets(), 0, "set freed with its last device");
-    let c = sets.register("c", Box::new(ProbeDevice::new("c", log, ProbeOptions::default())), None);
+    let c = sets.register(
+        "c",
+        Box::new(ProbeDevice::new("c", log, ProbeOptions::default())),
+        None,
+    );
     assert!(c.set().key().is_none(), "no key: a singleton set");
 }

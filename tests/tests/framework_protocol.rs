@@ -3,12 +3,13 @@
 
 use std::os::fd::AsRawFd;
 
-
 use mdev::device_set::DeviceSets;
 use mdev::region::CONFIG_REGION_INDEX;
 use mdev::server::DeviceServer;
 use mdev::{IrqIndex, SharedMemory};
-use mdev_tests::probe_device::{MEM_BAR_SIZE, PROBE_DEVICE, PROBE_VENDOR, REG_BAR_SIZE, REG_IRQ_LINE};
+use mdev_tests::probe_device::{
+    MEM_BAR_SIZE, PROBE_DEVICE, PROBE_VENDOR, REG_BAR_SIZE, REG_IRQ_LINE,
+};
 use mdev_tests::{init_logging, wait_until, HookLog, ProbeDevice, ProbeOptions, ScratchDir};
 use vfio_user::Client;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -19,7 +20,15 @@ const DATA_NONE_UNMASK: u32 = 0x11;
 
 fn serve(dir: &ScratchDir, log: &HookLog) -> (DeviceServer, std::path::PathBuf) {
     let sets = DeviceSets::new();
-    let h = sets.register("dev", Box::new(ProbeDevice::new("dev", log.clone(), ProbeOptions::default())), None);
+    let h = sets.register(
+        "dev",
+        Box::new(ProbeDevice::new(
+            "dev",
+            log.clone(),
+            ProbeOptions::default(),
+        )),
+        None,
+    );
     let path = dir.join("dev.sock");
     (DeviceServer::bind(&path, h).unwrap(), path)
 }
@@ -59,19 +68,34 @@ fn bar_sizing_through_config_space() {
     let dir = ScratchDir::new("sizing");
     let (_s, path) = serve(&dir, &HookLog::default());
     let mut c = Client::new(&path).unwrap();
-    for (bar, expect) in [(0u64, !(REG_BAR_SIZE as u32 - 1)), (4, 0xffff_fff0 & !(15) | 0xc), (8, 0xffff_ffff)] {
+    // BAR0 (32-bit), then BAR2's low and high dwords (64-bit); BAR1 is absent.
+    for (bar, expect) in [
+        (0u64, !(REG_BAR_SIZE as u32 - 1)),
+        (8, !(MEM_BAR_SIZE as u32 - 1) | 0xc),
+        (12, 0xffff_ffff),
+    ] {
         let off = 0x10 + bar;
-        c.region_write(CONFIG_REGION_INDEX, off, &u32::MAX.to_le_bytes()).unwrap();
+        c.region_write(CONFIG_REGION_INDEX, off, &u32::MAX.to_le_bytes())
+            .unwrap();
         let v = cfg_read32(&mut c, off);
         match bar {
             0 => assert_eq!(v, expect, "32-bit memory BAR size mask"),
-            4 => assert_eq!(v & !0xf, !(MEM_BAR_SIZE as u32 - 1), "64-bit BAR low half"),
+            8 => assert_eq!(v, expect, "64-bit prefetchable BAR low half"),
             _ => assert_eq!(v, expect, "64-bit BAR high half: size below 4 GiB"),
         }
     }
-    c.region_write(CONFIG_REGION_INDEX, 0x20, &u32::MAX.to_le_bytes()).unwrap();
-    assert_eq!(cfg_read32(&mut c, 0x20), !(16u32 - 1) | 1, "I/O BAR size mask with the I/O bit");
-    c.region_write(CONFIG_REGION_INDEX, 0x10, &0xfebf_0000u32.to_le_bytes()).unwrap();
+    c.region_write(CONFIG_REGION_INDEX, 0x14, &u32::MAX.to_le_bytes())
+        .unwrap();
+    assert_eq!(cfg_read32(&mut c, 0x14), 0, "an absent BAR sizes to zero");
+    c.region_write(CONFIG_REGION_INDEX, 0x20, &u32::MAX.to_le_bytes())
+        .unwrap();
+    assert_eq!(
+        cfg_read32(&mut c, 0x20),
+        !(16u32 - 1) | 1,
+        "I/O BAR size mask with the I/O bit"
+    );
+    c.region_write(CONFIG_REGION_INDEX, 0x10, &0xfebf_0000u32.to_le_bytes())
+        .unwrap();
     assert_eq!(cfg_read32(&mut c, 0x10), 0xfebf_0000);
 }
 
@@ -102,19 +126,34 @@ fn intx_is_delivered_automasked_and_redelivered_on_unmask() {
     let (s, path) = serve(&dir, &HookLog::default());
     let mut c = Client::new(&path).unwrap();
     let efd = EventFd::new(EFD_NONBLOCK).unwrap();
-    c.set_irqs(0, DATA_EVENTFD_TRIGGER, 0, 1, &[efd.as_raw_fd()]).unwrap();
-    c.region_write(0, REG_IRQ_LINE, &1u32.to_le_bytes()).unwrap();
+    c.set_irqs(0, DATA_EVENTFD_TRIGGER, 0, 1, &[efd.as_raw_fd()])
+        .unwrap();
+    c.region_write(0, REG_IRQ_LINE, &1u32.to_le_bytes())
+        .unwrap();
     assert_eq!(efd.read().unwrap(), 1);
     assert!(s.handle().interrupts().intx_masked());
     let status = cfg_read32(&mut c, 4) >> 16;
-    assert_ne!(status & 0x8, 0, "interrupt status bit set while the line is high");
+    assert_ne!(
+        status & 0x8,
+        0,
+        "interrupt status bit set while the line is high"
+    );
     c.set_irqs(0, DATA_NONE_UNMASK, 0, 1, &[]).unwrap();
-    assert_eq!(efd.read().unwrap(), 1, "line still high: delivered again on unmask");
-    c.region_write(0, REG_IRQ_LINE, &0u32.to_le_bytes()).unwrap();
+    assert_eq!(
+        efd.read().unwrap(),
+        1,
+        "line still high: delivered again on unmask"
+    );
+    c.region_write(0, REG_IRQ_LINE, &0u32.to_le_bytes())
+        .unwrap();
     c.set_irqs(0, DATA_NONE_UNMASK, 0, 1, &[]).unwrap();
     assert!(efd.read().is_err(), "line low: nothing more");
     c.set_irqs(0, DATA_NONE_TRIGGER, 0, 0, &[]).unwrap();
-    assert_eq!(s.handle().interrupts().active(), None, "count 0 + DATA_NONE disables the index");
+    assert_eq!(
+        s.handle().interrupts().active(),
+        None,
+        "count 0 + DATA_NONE disables the index"
+    );
 }
 
 #[test]
@@ -124,8 +163,10 @@ fn msi_is_delivered_on_its_eventfd() {
     let (s, path) = serve(&dir, &HookLog::default());
     let mut c = Client::new(&path).unwrap();
     let efd = EventFd::new(EFD_NONBLOCK).unwrap();
-    c.set_irqs(1, DATA_EVENTFD_TRIGGER, 0, 1, &[efd.as_raw_fd()]).unwrap();
-    c.region_write(0, REG_IRQ_LINE, &1u32.to_le_bytes()).unwrap();
+    c.set_irqs(1, DATA_EVENTFD_TRIGGER, 0, 1, &[efd.as_raw_fd()])
+        .unwrap();
+    c.region_write(0, REG_IRQ_LINE, &1u32.to_le_bytes())
+        .unwrap();
     assert_eq!(efd.read().unwrap(), 1);
     assert_eq!(s.handle().interrupts().delivered(IrqIndex::Msi), 1);
 }
@@ -137,7 +178,8 @@ fn dma_maps_with_and_without_fd_are_recorded_and_released() {
     let (s, path) = serve(&dir, &HookLog::default());
     let mut c = Client::new(&path).unwrap();
     let guest = SharedMemory::new("guest-ram", 1 << 20).unwrap();
-    c.dma_map(0, 0x1000_0000, 1 << 20, guest.file().as_raw_fd()).unwrap();
+    c.dma_map(0, 0x1000_0000, 1 << 20, guest.file().as_raw_fd())
+        .unwrap();
     c.dma_unmap(0x1000_0000, 1 << 20).unwrap();
     c.reset().unwrap();
     drop(c);
@@ -153,7 +195,15 @@ fn the_socket_is_private_and_a_live_one_is_not_stolen() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let sets = DeviceSets::new();
-    let h = sets.register("other", Box::new(ProbeDevice::new("other", HookLog::default(), ProbeOptions::default())), None);
+    let h = sets.register(
+        "other",
+        Box::new(ProbeDevice::new(
+            "other",
+            HookLog::default(),
+            ProbeOptions::default(),
+        )),
+        None,
+    );
     let err = DeviceServer::bind(&path, h.clone()).err().expect("in use");
     assert_eq!(err.errno(), libc::EADDRINUSE);
     drop(s);
