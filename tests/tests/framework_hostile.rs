@@ -393,3 +393,48 @@ fn garbage_from_one_client_never_disturbs_another() {
         f.server.handle().open_count() == 1
     });
 }
+
+/// QEMU asks for a region's info with a bare `vfio_region_info` first and rejects a reply that
+/// flags capabilities its buffer cannot hold; the server must answer with the size it needs and
+/// no CAPS flag, then give the sparse-mmap capability on the retry.
+#[test]
+fn region_info_with_a_small_buffer_asks_for_a_retry() {
+    let f = fixture();
+    let mut c = RawClient::open(&f.path);
+    let head = std::mem::size_of::<wire::RegionInfoMsg>() as u32;
+    let ask = |argsz| wire::RegionInfoMsg {
+        argsz,
+        index: 2,
+        ..Default::default()
+    };
+    let r = c.request(
+        Command::DeviceGetRegionInfo as u16,
+        0,
+        ask(head).as_slice(),
+        &[],
+    );
+    assert_eq!(r.errno(), None);
+    let first = *wire::RegionInfoMsg::from_slice(&r.payload[..head as usize]).unwrap();
+    assert!(
+        first.argsz > head,
+        "the reply says how much room the capability needs"
+    );
+    assert_eq!(
+        first.flags & mdev::region::RegionFlags::CAPS.bits(),
+        0,
+        "no CAPS flag without room for them"
+    );
+    assert_eq!(first.cap_offset, 0);
+
+    let r = c.request(
+        Command::DeviceGetRegionInfo as u16,
+        0,
+        ask(first.argsz).as_slice(),
+        &[],
+    );
+    let full = *wire::RegionInfoMsg::from_slice(&r.payload[..head as usize]).unwrap();
+    assert_ne!(full.flags & mdev::region::RegionFlags::CAPS.bits(), 0);
+    assert_eq!(full.cap_offset, head);
+    assert_eq!(r.payload.len() as u32, full.argsz);
+    assert_in_sync(&mut c);
+}

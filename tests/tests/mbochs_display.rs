@@ -10,7 +10,9 @@ use mbochs::dispi::{
     INDEX_VIRT_HEIGHT, INDEX_VIRT_WIDTH, INDEX_XRES, INDEX_X_OFFSET, INDEX_YRES, INDEX_Y_OFFSET,
 };
 use mbochs::edid::{parse_edid, EDID_BLOCK_LEN};
-use mbochs::mmio::{DISPI_OFFSET, ENDIAN_LITTLE, MMIO_BAR_SIZE, QEXT_ENDIAN_OFFSET, QEXT_SIZE_OFFSET};
+use mbochs::mmio::{
+    DISPI_OFFSET, ENDIAN_LITTLE, MMIO_BAR_SIZE, QEXT_ENDIAN_OFFSET, QEXT_SIZE_OFFSET,
+};
 use mbochs::types::{MbochsType, Resolution};
 use mbochs::{new_mbochs, DispiModeReader, MbochsDriver};
 use mdev::parent::{Budget, CreateParams, Parent};
@@ -19,6 +21,7 @@ use mdev::Device;
 use mdev_display::cli::snapshot_once;
 use mdev_display::testing::{draw_pattern, expected_rgb, map_framebuffer_rw, scratch_dir};
 use mdev_display::{DisplayClient, Mode, PixelFormat};
+use mdev_tests::{wait_until, RawClient};
 use vfio_user::Client;
 
 struct Harness {
@@ -55,8 +58,12 @@ impl Drop for Harness {
 }
 
 fn dispi_write(c: &mut Client, index: usize, value: u16) {
-    c.region_write(BAR2_REGION_INDEX, DISPI_OFFSET + 2 * index as u64, &value.to_le_bytes())
-        .expect("dispi write");
+    c.region_write(
+        BAR2_REGION_INDEX,
+        DISPI_OFFSET + 2 * index as u64,
+        &value.to_le_bytes(),
+    )
+    .expect("dispi write");
 }
 
 fn dispi_read(c: &mut Client, index: usize) -> u16 {
@@ -96,11 +103,13 @@ fn the_linux_driver_finds_a_bochs_display() {
     let socket = h.create("medium");
     let mut c = Client::new(&socket).expect("connect");
     let mut id = [0u8; 12];
-    c.region_read(CONFIG_REGION_INDEX, 0, &mut id).expect("config");
+    c.region_read(CONFIG_REGION_INDEX, 0, &mut id)
+        .expect("config");
     assert_eq!(&id[0..4], &[0x34, 0x12, 0x11, 0x11]);
     assert_eq!((id[8], id[10], id[11]), (1, 0x80, 0x03));
     let mut sub = [0u8; 4];
-    c.region_read(CONFIG_REGION_INDEX, 0x2c, &mut sub).expect("config");
+    c.region_read(CONFIG_REGION_INDEX, 0x2c, &mut sub)
+        .expect("config");
     assert_eq!(sub, [0xf4, 0x1a, 0x00, 0x11]);
     assert_eq!(dispi_read(&mut c, INDEX_ID) & 0xfff0, 0xb0c0);
     assert_eq!(dispi_read(&mut c, INDEX_ID), DISPI_ID5);
@@ -109,16 +118,22 @@ fn the_linux_driver_finds_a_bochs_display() {
     assert_eq!(c.region(0).expect("bar0").size, mem);
     assert_eq!(c.region(2).expect("bar2").size, MMIO_BAR_SIZE);
     let mut word = [0u8; 4];
-    c.region_read(BAR2_REGION_INDEX, QEXT_SIZE_OFFSET, &mut word).unwrap();
+    c.region_read(BAR2_REGION_INDEX, QEXT_SIZE_OFFSET, &mut word)
+        .unwrap();
     assert_eq!(u32::from_le_bytes(word), 8);
-    c.region_read(BAR2_REGION_INDEX, QEXT_ENDIAN_OFFSET, &mut word).unwrap();
+    c.region_read(BAR2_REGION_INDEX, QEXT_ENDIAN_OFFSET, &mut word)
+        .unwrap();
     assert_eq!(u32::from_le_bytes(word), ENDIAN_LITTLE);
     let mut edid = [0u8; EDID_BLOCK_LEN];
-    c.region_read(BAR2_REGION_INDEX, 0, &mut edid).expect("edid");
+    c.region_read(BAR2_REGION_INDEX, 0, &mut edid)
+        .expect("edid");
     let summary = parse_edid(&edid).expect("valid EDID");
     assert_eq!(summary.version, (1, 4));
     assert_eq!(summary.preferred, Resolution::new(1024, 768));
-    assert!(summary.modes.iter().all(|m| m.within(Resolution::new(1920, 1440))));
+    assert!(summary
+        .modes
+        .iter()
+        .all(|m| m.within(Resolution::new(1920, 1440))));
 }
 
 #[test]
@@ -147,7 +162,10 @@ fn sixteen_and_twenty_four_bit_modes_convert() {
         draw_pattern(&mut fb, &mode);
         let img = snapshot(&socket, &h.dir, &format!("bpp{bpp}.png"));
         assert_eq!(img.dimensions(), (800, 600));
-        assert!(img.into_raw() == expected_rgb(&mode), "{bpp} bpp pixels differ");
+        assert!(
+            img.into_raw() == expected_rgb(&mode),
+            "{bpp} bpp pixels differ"
+        );
     }
 }
 
@@ -173,8 +191,14 @@ fn a_mode_past_the_type_limit_scans_nothing_out() {
 fn the_pool_is_taken_at_create_and_returned_exactly() {
     let h = Harness::new(40);
     let pool = h.driver.pool().clone();
-    let a = h.parent.create("medium", None, &CreateParams::new()).unwrap();
-    let b = h.parent.create("medium", None, &CreateParams::new()).unwrap();
+    let a = h
+        .parent
+        .create("medium", None, &CreateParams::new())
+        .unwrap();
+    let b = h
+        .parent
+        .create("medium", None, &CreateParams::new())
+        .unwrap();
     assert_eq!(pool.used(), 32);
     let err = h
         .parent
@@ -182,12 +206,24 @@ fn the_pool_is_taken_at_create_and_returned_exactly() {
         .expect_err("pool exhausted");
     assert_eq!(err.errno(), libc::ENOSPC);
     let text = err.to_string();
-    assert!(text.contains("16 MiB") && text.contains("8 of 40"), "{text}");
+    assert!(
+        text.contains("16 MiB") && text.contains("8 of 40"),
+        "{text}"
+    );
     assert_eq!(pool.used(), 32);
-    let small = h.parent.create("small", None, &CreateParams::new()).unwrap();
+    let small = h
+        .parent
+        .create("small", None, &CreateParams::new())
+        .unwrap();
     assert_eq!(pool.used(), 36);
     let types = h.parent.types();
-    let avail = |n: &str| types.iter().find(|t| t.name == n).unwrap().available_instances;
+    let avail = |n: &str| {
+        types
+            .iter()
+            .find(|t| t.name == n)
+            .unwrap()
+            .available_instances
+    };
     assert_eq!((avail("small"), avail("medium"), avail("large")), (1, 0, 0));
     h.parent.remove(a.uuid, false).unwrap();
     assert_eq!(pool.used(), 20);
@@ -251,7 +287,10 @@ fn closing_one_of_two_connections_keeps_the_framebuffer_and_the_mode() {
         std::thread::yield_now();
     }
     let img = snapshot(&socket, &h.dir, "after-last-close.png");
-    assert!(img.into_raw() == expected, "pixels differ after the last close");
+    assert!(
+        img.into_raw() == expected,
+        "pixels differ after the last close"
+    );
 }
 
 #[test]
@@ -259,7 +298,10 @@ fn odd_accesses_to_bar2_and_config_never_panic() {
     let ty = MbochsType::by_name("small").unwrap();
     let budget = Budget::new("test MiB", 4);
     let mut dev = new_mbochs(ty, uuid::Uuid::new_v4(), budget.take(4).unwrap()).unwrap();
-    for (region, size) in [(BAR2_REGION_INDEX, MMIO_BAR_SIZE), (CONFIG_REGION_INDEX, 256)] {
+    for (region, size) in [
+        (BAR2_REGION_INDEX, MMIO_BAR_SIZE),
+        (CONFIG_REGION_INDEX, 256),
+    ] {
         for width in 1..=8u64 {
             for offset in 0..=size - width {
                 let mut buf = vec![0u8; width as usize];
@@ -275,4 +317,170 @@ fn odd_accesses_to_bar2_and_config_never_panic() {
     assert_eq!(id, [0x34, 0x12, 0x11, 0x11]);
     drop(dev);
     assert_eq!(budget.used(), 0);
+}
+
+/// Available instances per type, as `types` lists them.
+fn availability(parent: &Parent) -> Vec<(String, u64)> {
+    parent
+        .types()
+        .into_iter()
+        .map(|t| (t.name, t.available_instances))
+        .collect()
+}
+
+#[test]
+fn the_pool_returns_to_its_start_after_opens_closes_crashes_and_failures() {
+    let h = Harness::new(256);
+    let pool = h.driver.pool().clone();
+    let start = availability(&h.parent);
+    let none = CreateParams::new;
+    let a = h.parent.create("medium", None, &none()).unwrap();
+    let b = h.parent.create("large", None, &none()).unwrap();
+    let c = h.parent.create("small", None, &none()).unwrap();
+    assert_eq!(pool.used(), 16 + 64 + 4);
+
+    // Two clients of A: both map and draw; one crashes (closes without a goodbye), and a
+    // half-sent message from a third connection dies with its socket.
+    let mut guest = Client::new(&a.socket).expect("guest");
+    let crasher = Client::new(&a.socket).expect("crasher");
+    set_mode(&mut guest, 640, 480, 32);
+    let mode = Mode::packed(PixelFormat::Xrgb8888, 640, 480);
+    let mut crasher_fb = map_framebuffer_rw(&crasher).expect("map");
+    draw_pattern(&mut crasher_fb, &mode);
+    let mut partial = RawClient::open(&a.socket);
+    partial.send_raw(&[0x01, 0x00, 0x02]);
+    drop(partial);
+    drop(crasher);
+    wait_until("the crashed connections are closed", || {
+        h.parent.handle(a.uuid).map(|d| d.open_count()) == Some(1)
+    });
+    assert_eq!(pool.used(), 16 + 64 + 4);
+    // The survivor's view is intact, and the crashed client's mapping still writes the
+    // same memory (the memfd outlives the connection).
+    crasher_fb[0..4].copy_from_slice(&PixelFormat::Xrgb8888.from_rgb([7, 7, 7]));
+    let mut expected = expected_rgb(&mode);
+    expected[0..3].copy_from_slice(&[7, 7, 7]);
+    let img = snapshot(&a.socket, &h.dir, "after-crash.png");
+    assert!(img.into_raw() == expected, "pixels differ after a crash");
+
+    // An open instance is not removed unless forced; forcing disconnects its client,
+    // whose mapping stays readable, and gives the megabytes back at once.
+    let removed = h.parent.remove(a.uuid, false).expect_err("busy");
+    assert_eq!(removed.errno(), libc::EBUSY);
+    let mut b_client = Client::new(&b.socket).expect("b");
+    let b_fb = map_framebuffer_rw(&b_client).expect("map b");
+    h.parent.remove(b.uuid, true).expect("forced remove");
+    assert_eq!(pool.used(), 16 + 4);
+    assert!(b_client
+        .region_read(BAR2_REGION_INDEX, DISPI_OFFSET, &mut [0; 2])
+        .is_err());
+    assert_eq!(b_fb[0], 0);
+    drop(b_fb);
+    drop(b_client);
+
+    // Failed creates take nothing: past the pool, unknown type, bad parameter, taken UUID,
+    // unusable socket path.
+    let err = h
+        .parent
+        .create("large", None, &none())
+        .and_then(|_| h.parent.create("large", None, &none()))
+        .and_then(|_| h.parent.create("large", None, &none()))
+        .and_then(|_| h.parent.create("large", None, &none()))
+        .expect_err("pool exhausted");
+    assert_eq!(err.errno(), libc::ENOSPC);
+    assert!(err.to_string().contains("needs 64 MiB"), "{err}");
+    let used = pool.used();
+    assert_eq!(used, 16 + 4 + 3 * 64);
+    assert!(h.parent.create("huge", None, &none()).is_err());
+    let mut params = none();
+    params.insert("colour".into(), "blue".into());
+    assert!(h.parent.create("small", None, &params).is_err());
+    assert_eq!(
+        h.parent
+            .create("small", Some(c.uuid), &none())
+            .unwrap_err()
+            .errno(),
+        libc::EEXIST
+    );
+    let blocked = uuid::Uuid::new_v4();
+    std::fs::create_dir_all(h.parent.socket_path(blocked).join("x")).unwrap();
+    assert!(h.parent.create("small", Some(blocked), &none()).is_err());
+    assert_eq!(pool.used(), used);
+
+    // Concurrent creates never oversubscribe: 256 - 212 = 44 MiB leave room for 11 small.
+    let made: Vec<_> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..6)
+                        .filter_map(|_| h.parent.create("small", None, &none()).ok())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    assert_eq!(made.len(), 11);
+    assert_eq!(pool.used(), 256);
+
+    drop(guest);
+    h.parent.shutdown();
+    assert_eq!(pool.used(), 0);
+    assert_eq!(availability(&h.parent), start);
+}
+
+#[test]
+fn hostile_region_accesses_over_the_wire_fail_cleanly() {
+    let h = Harness::new(256);
+    let socket = h.create("small");
+    let mut c = Client::new(&socket).expect("connect");
+    let fb_len = c.region(0).expect("bar0").size;
+    let mut buf = [0u8; 8];
+    // Straddling the end, past the end, wrapping the offset, regions that do not exist.
+    assert!(c
+        .region_read(BAR2_REGION_INDEX, MMIO_BAR_SIZE - 4, &mut buf)
+        .is_err());
+    assert!(c
+        .region_write(BAR2_REGION_INDEX, MMIO_BAR_SIZE, &buf)
+        .is_err());
+    assert!(c
+        .region_read(BAR2_REGION_INDEX, u64::MAX - 3, &mut buf)
+        .is_err());
+    assert!(c.region_read(0, fb_len - 4, &mut buf).is_err());
+    assert!(c.region_write(CONFIG_REGION_INDEX, 252, &buf).is_err());
+    assert!(c.region_read(1, 0, &mut buf).is_err());
+    assert!(c.region_read(42, 0, &mut buf).is_err());
+    // Odd widths at odd offsets inside the window are served.
+    for (offset, width) in [
+        (0x501u64, 1usize),
+        (0x503, 3),
+        (0x4ff, 2),
+        (0x5ff, 8),
+        (0x605, 3),
+    ] {
+        let mut b = vec![0u8; width];
+        c.region_read(BAR2_REGION_INDEX, offset, &mut b)
+            .expect("odd read");
+        c.region_write(BAR2_REGION_INDEX, offset, &b)
+            .expect("odd write");
+    }
+    // Hostile values: a read-only ID and memory size, an absurd mode; nothing scans out,
+    // the identity is intact and the connection still works.
+    dispi_write(&mut c, INDEX_ID, 0xffff);
+    dispi_write(&mut c, INDEX_VIDEO_MEMORY_64K, 0xffff);
+    set_mode(&mut c, u16::MAX, u16::MAX, u16::MAX);
+    dispi_write(&mut c, INDEX_VIRT_WIDTH, u16::MAX);
+    dispi_write(&mut c, INDEX_Y_OFFSET, u16::MAX);
+    assert_eq!(dispi_read(&mut c, INDEX_ID), DISPI_ID5);
+    assert_eq!(dispi_read(&mut c, INDEX_VIDEO_MEMORY_64K), 64);
+    let mut viewer = DisplayClient::connect(&socket, Box::new(DispiModeReader)).expect("viewer");
+    assert_eq!(viewer.mode().expect("mode"), None);
+    set_mode(&mut c, 800, 600, 32);
+    assert_eq!(
+        viewer.mode().expect("mode"),
+        Some(Mode::packed(PixelFormat::Xrgb8888, 800, 600))
+    );
 }

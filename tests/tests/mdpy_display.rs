@@ -50,7 +50,8 @@ impl Drop for Harness {
 
 fn config_u32(c: &mut Client, offset: u64) -> u32 {
     let mut b = [0u8; 4];
-    c.region_read(CONFIG_REGION_INDEX, offset, &mut b).expect("config read");
+    c.region_read(CONFIG_REGION_INDEX, offset, &mut b)
+        .expect("config read");
     u32::from_le_bytes(b)
 }
 
@@ -73,7 +74,8 @@ fn identity_and_mode_capability() {
     c.region_read(CONFIG_REGION_INDEX, 0x34, &mut ptr).unwrap();
     assert_eq!(u64::from(ptr[0]), MODE_CAPABILITY_OFFSET);
     let mut cap = [0u8; 3];
-    c.region_read(CONFIG_REGION_INDEX, MODE_CAPABILITY_OFFSET, &mut cap).unwrap();
+    c.region_read(CONFIG_REGION_INDEX, MODE_CAPABILITY_OFFSET, &mut cap)
+        .unwrap();
     assert_eq!((cap[0], cap[2]), (0x09, 0x10));
     assert_eq!(config_u32(&mut c, FORMAT_OFFSET), 0x3432_5258);
     assert_eq!(config_u32(&mut c, WIDTH_OFFSET), 1024);
@@ -151,7 +153,10 @@ fn closing_one_of_two_connections_keeps_the_framebuffer() {
         std::thread::yield_now();
     }
     let img = snapshot(&socket, &h.dir, "after-last-close.png");
-    assert!(img.into_raw() == expected, "pixels differ after the last close");
+    assert!(
+        img.into_raw() == expected,
+        "pixels differ after the last close"
+    );
 }
 
 #[test]
@@ -162,15 +167,21 @@ fn odd_config_accesses_never_panic() {
     for width in 1..=8u64 {
         for offset in 0..=256 - width {
             let mut buf = vec![0u8; width as usize];
-            dev.read(CONFIG_REGION_INDEX, offset, &mut buf).expect("read");
+            dev.read(CONFIG_REGION_INDEX, offset, &mut buf)
+                .expect("read");
             let junk: Vec<u8> = (0..width).map(|i| (offset + i) as u8 ^ 0x5a).collect();
-            dev.write(CONFIG_REGION_INDEX, offset, &junk).expect("write");
+            dev.write(CONFIG_REGION_INDEX, offset, &junk)
+                .expect("write");
         }
     }
     let mut fields = [0u8; 12];
-    dev.read(CONFIG_REGION_INDEX, FORMAT_OFFSET, &mut fields).unwrap();
+    dev.read(CONFIG_REGION_INDEX, FORMAT_OFFSET, &mut fields)
+        .unwrap();
     assert_eq!(&fields[..4], b"XR24");
-    assert_eq!(u32::from_le_bytes([fields[4], fields[5], fields[6], fields[7]]), 640);
+    assert_eq!(
+        u32::from_le_bytes([fields[4], fields[5], fields[6], fields[7]]),
+        640
+    );
     drop(dev);
     assert_eq!(budget.used(), 0);
 }

@@ -388,12 +388,14 @@ impl Connection {
                         .as_slice(),
                     );
                 }
-                out.flags |= RegionFlags::CAPS.bits();
                 out.argsz = (head_size + caps.len()) as u32;
                 if req.argsz >= out.argsz {
+                    out.flags |= RegionFlags::CAPS.bits();
                     out.cap_offset = head_size as u32;
                 } else {
-                    // The client's buffer is too small: tell it the size, send no capability.
+                    // The client's buffer is too small: tell it the size it needs and send no
+                    // capability. The CAPS flag stays clear: QEMU rejects CAPS with a
+                    // cap_offset outside its buffer, and retries with the larger argsz.
                     caps.clear();
                 }
             }
