@@ -1,6 +1,6 @@
 //! The viewer subcommands both display binaries offer next to the parent's:
-//! `snapshot --dir D UUID OUT.png`, `snapshot --every SECS --out-dir D2 UUID` and
-//! `view --dir D UUID`.
+//! `snapshot [--dir D] UUID --out OUT.png` (or `UUID OUT.png`),
+//! `snapshot [--dir D] UUID --every SECS --out-dir D2` and `view [--dir D] UUID`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,9 +29,17 @@ pub enum ViewerCommand {
         out_dir: Option<PathBuf>,
         /// Instance UUID.
         uuid: Uuid,
-        /// Output file of a single snapshot.
-        #[arg(value_name = "OUT.png", required_unless_present = "every")]
+        /// Output file of a single snapshot (same as the positional OUT.png).
+        #[arg(
+            long = "out",
+            short = 'o',
+            value_name = "OUT.png",
+            conflicts_with = "out_file"
+        )]
         out: Option<PathBuf>,
+        /// Output file of a single snapshot.
+        #[arg(value_name = "OUT.png", required_unless_present_any = ["every", "out"])]
+        out_file: Option<PathBuf>,
     },
     /// Show the instance's display live in this (truecolor) terminal; q, Esc or Ctrl-C quits.
     View {
@@ -54,6 +62,9 @@ pub enum ViewerError {
     /// The device scans nothing out.
     #[error("nothing is scanned out (display disabled or mode invalid)")]
     NoScanout,
+    /// A single snapshot was asked for without an output file.
+    #[error("no output file given (--out OUT.png)")]
+    NoOutput,
     /// Creating the output directory failed.
     #[error("{0}: {1}")]
     OutDir(PathBuf, #[source] std::io::Error),
@@ -80,8 +91,12 @@ pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeRea
             snapshot_every(&socket(&dir, uuid), reader, secs, &out_dir, uuid)
         }
         ViewerCommand::Snapshot {
-            dir, uuid, out, ..
-        } => match out {
+            dir,
+            uuid,
+            out,
+            out_file,
+            ..
+        } => match out.or(out_file) {
             Some(out) => snapshot_once(&socket(&dir, uuid), reader, &out),
             None => Err(ViewerError::NoScanout),
         },
@@ -144,4 +159,48 @@ fn snapshot_every(
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        command: ViewerCommand,
+    }
+
+    const UUID: &str = "0b6d2a0c-5b43-4e3c-9a34-5b7f5c8f2d11";
+
+    fn out_of(args: &[&str]) -> Option<PathBuf> {
+        match Cli::try_parse_from(args).expect("parses").command {
+            ViewerCommand::Snapshot { out, out_file, .. } => out.or(out_file),
+            ViewerCommand::View { .. } => None,
+        }
+    }
+
+    #[test]
+    fn snapshot_takes_the_output_as_option_or_positional() {
+        let want = Some(PathBuf::from("a.png"));
+        assert_eq!(out_of(&["x", "snapshot", UUID, "--out", "a.png"]), want);
+        assert_eq!(
+            out_of(&["x", "snapshot", "--dir", "/d", UUID, "a.png"]),
+            want
+        );
+        assert_eq!(out_of(&["x", "snapshot", UUID, "-o", "a.png"]), want);
+        assert!(Cli::try_parse_from(["x", "snapshot", UUID]).is_err());
+        assert!(Cli::try_parse_from(["x", "snapshot", UUID, "--out", "a", "b"]).is_err());
+        assert!(Cli::try_parse_from(["x", "snapshot", UUID, "--every", "2"]).is_err());
+        let every = ["x", "snapshot", UUID, "--every", "2", "--out-dir", "/tmp/s"];
+        assert!(matches!(
+            Cli::try_parse_from(every).unwrap().command,
+            ViewerCommand::Snapshot { every: Some(2), .. }
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["x", "view", UUID]).unwrap().command,
+            ViewerCommand::View { .. }
+        ));
+    }
 }
