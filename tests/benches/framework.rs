@@ -55,7 +55,15 @@ fn raw_ping_pong(req: usize, resp: usize) -> f64 {
 
 fn region_round_trips(dir: &ScratchDir) -> (f64, f64) {
     let sets = DeviceSets::new();
-    let h = sets.register("bench", Box::new(ProbeDevice::new("bench", HookLog::default(), ProbeOptions::default())), None);
+    let h = sets.register(
+        "bench",
+        Box::new(ProbeDevice::new(
+            "bench",
+            HookLog::default(),
+            ProbeOptions::default(),
+        )),
+        None,
+    );
     let path = dir.join("bench.sock");
     let _server = DeviceServer::bind(&path, h).unwrap();
     let mut c = Client::new(&path).unwrap();
@@ -82,12 +90,21 @@ fn open_close_cost(set_size: usize) -> f64 {
     let handles: Vec<_> = (0..set_size)
         .map(|i| {
             let name = format!("d{i}");
-            sets.register(&name, Box::new(ProbeDevice::new(&name, log.clone(), ProbeOptions::default())), Some(DeviceSetKey::from("bus")))
+            sets.register(
+                &name,
+                Box::new(ProbeDevice::new(
+                    &name,
+                    log.clone(),
+                    ProbeOptions::default(),
+                )),
+                Some(DeviceSetKey::from("bus")),
+            )
         })
         .collect();
     // Keep the other members open, as a busy set would be.
     for (i, h) in handles.iter().enumerate().skip(1) {
-        h.open(ConnectionId(1_000_000 + i as u64), OwnerId(1)).unwrap();
+        h.open(ConnectionId(1_000_000 + i as u64), OwnerId(1))
+            .unwrap();
     }
     let h = &handles[0];
     let n = 20_000u32;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use mdev::parent::{Budget, CreateParams, Parent};
 use mdev::region::CONFIG_REGION_INDEX;
 use mdev::Device;
-use mdev_display::cli::snapshot_once;
+use mdev_display::cli::{snapshot_every, snapshot_once};
 use mdev_display::testing::{draw_pattern, expected_rgb, map_framebuffer_rw, scratch_dir};
-use mdev_display::{Mode, PixelFormat};
+use mdev_display::{DisplayClient, Mode, PixelFormat};
 use mdpy::mode::{FORMAT_OFFSET, HEIGHT_OFFSET, MODE_CAPABILITY_OFFSET, WIDTH_OFFSET};
 use mdpy::types::MdpyType;
 use mdpy::{new_mdpy, ConfigModeReader, MdpyDriver};
@@ -184,4 +184,36 @@ fn odd_config_accesses_never_panic() {
     );
     drop(dev);
     assert_eq!(budget.used(), 0);
+}
+
+#[test]
+fn periodic_snapshots_land_in_their_directory() {
+    let h = Harness::new(4);
+    let socket = h.create("vga");
+    let uuid = h.parent.instances()[0].uuid;
+    let guest = Client::new(&socket).expect("connect");
+    let mode = Mode::packed(PixelFormat::Xrgb8888, 640, 480);
+    let mut fb = map_framebuffer_rw(&guest).expect("map");
+    draw_pattern(&mut fb, &mode);
+    let mut viewer = DisplayClient::connect(&socket, Box::new(ConfigModeReader)).expect("viewer");
+    let out = h.dir.join("periodic");
+    let written = snapshot_every(&mut viewer, std::time::Duration::ZERO, Some(3), &out, uuid)
+        .expect("snapshots");
+    assert_eq!(written, 3);
+    let mut files: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3);
+    for (seq, f) in files.iter().enumerate() {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with(&uuid.to_string()), "{name}");
+        assert!(name.ends_with(&format!("-{seq:05}.png")), "{name}");
+        let img = image::open(f).expect("decode").to_rgb8();
+        assert!(
+            img.into_raw() == expected_rgb(&mode),
+            "{name}: pixels differ"
+        );
+    }
 }

@@ -1,76 +1,95 @@
 # Guest body for tests/e2e/devices: the sample devices served over vfio-user, seen and driven
-# by a stock Linux guest.
-#   mbochs (1234:1111): the guest's bochs-drm binds it; the guest fills /dev/fb0 with a colour
-#                       the host then finds in the device's framebuffer (PNG snapshot).
-#   mdpy   (1b36:000f): no guest driver; the guest maps BAR0 through sysfs and paints it.
-#   mtty   (4348:3253): 8250_pci binds it; loopback port echoes, socket port talks to the host.
-# The host waits for "E2E-SYNC drawn", takes the snapshots, then answers on the mtty console.
+# by a stock Linux guest. The host and the guest talk over the mtty socket port (fd 3 below),
+# so every step of the conversation also exercises the serial card both ways:
+#   guest: fbcon text on the mbochs display        -> "fbcon-ready"
+#   host:  snapshot (a second client of mbochs)    -> "next"
+#   guest: fills the mbochs fb, paints mdpy        -> "drawn"
+#   host:  snapshots of both, checked              -> "done"
+# Kernel arguments: e2e.mbochs_colour, e2e.mdpy_top, e2e.mdpy_bottom (0x00RRGGBB).
 
 e2e_info "pci devices (bdf id class driver):"
 pci_devices
+bound_to() { test "$(basename "$(readlink "$1/driver")")" = "$2"; }
 
-# --- mbochs ---------------------------------------------------------------------------------
-MBOCHS_COLOUR=$(e2e_arg mbochs_colour 0x00ff8000)
+# --- identities -----------------------------------------------------------------------------
 bochs=$(pci_find 1234:1111 | head -n1)
-e2e_check mbochs-present test -n "$bochs"
-load_module bochs
-e2e_check mbochs-bound sh -c "test \"\$(basename \"\$(readlink $bochs/driver)\")\" = bochs-drm"
-e2e_check mbochs-fb0 wait_for /dev/fb0 10
-if [ -e /dev/fb0 ]; then
-  size=$(cat /sys/class/graphics/fb0/virtual_size)   # "W,H"
-  stride=$(cat /sys/class/graphics/fb0/stride)
-  e2e_info "fb0: $(cat /sys/class/graphics/fb0/name) ${size} stride ${stride}"
-  h=${size#*,}
-  e2e_check mbochs-draw guest-pci fill-file /dev/fb0 0 $((stride * h)) "$MBOCHS_COLOUR"
-fi
-
-# --- mdpy -----------------------------------------------------------------------------------
-MDPY_COLOUR=$(e2e_arg mdpy_colour 0x000000ff)
 mdpy=$(pci_find 1b36:000f | head -n1)
-e2e_check mdpy-present test -n "$mdpy"
-if [ -n "$mdpy" ]; then
-  bdf=${mdpy##*/}
-  bar0=$(head -n1 "$mdpy/resource")          # "start end flags"
-  set -- $bar0
-  len=$(( $2 - $1 + 1 ))
-  e2e_info "mdpy $bdf BAR0 $1 ($len bytes)"
-  e2e_check mdpy-enable guest-pci enable "$bdf"
-  e2e_check mdpy-draw guest-pci fill "$bdf" 0 0 "$len" "$MDPY_COLOUR"
-  e2e_check mdpy-readback sh -c "test \"\$(guest-pci read32 $bdf 0 0x100)\" = \"$(printf '%#010x' "$MDPY_COLOUR")\""
-fi
-
-# --- mtty -----------------------------------------------------------------------------------
 mtty=$(pci_find 4348:3253 | head -n1)
-if [ "$(e2e_arg mtty 0)" = 1 ]; then
-  e2e_check mtty-present test -n "$mtty"
-  e2e_check mtty-bound sh -c "test \"\$(basename \"\$(readlink $mtty/driver)\")\" = serial"
-  ports=""
-  for t in /sys/class/tty/ttyS*; do
-    dev=$(readlink -f "$t/device" 2>/dev/null) || continue
-    case "$dev" in "$(readlink -f "$mtty")"*) ports="$ports ${t##*/}" ;; esac
-  done
-  set -- $ports
-  e2e_info "mtty ports:$ports"
-  e2e_check mtty-two-ports test $# -eq 2
-  loop=/dev/$1 sock=/dev/$2
-  # Port 0 loops back: what the guest writes comes back to it.
-  stty -F "$loop" raw -echo 115200
-  cat "$loop" > /tmp/loop.out &
-  reader=$!
-  echo "loopback-$$-ok" > "$loop"
-  sleep 1
-  kill "$reader" 2>/dev/null
-  e2e_check mtty-loopback grep -q "loopback-$$-ok" /tmp/loop.out
-  # Port 1 is a UNIX-socket console on the host: say hello, wait for the host's answer.
-  stty -F "$sock" raw -echo 115200
-  echo "hello-from-guest" > "$sock"
-fi
+e2e_check mbochs-present test -n "$bochs"
+e2e_check mdpy-present test -n "$mdpy"
+e2e_check mtty-present test -n "$mtty"
 
-echo "E2E-SYNC drawn"
-if [ -n "${sock:-}" ]; then
-  # The host answers on the console once it has checked the displays.
-  answer=$(timeout 60 head -n1 "$sock" | tr -d '\r')
-  e2e_check mtty-host-answer test "$answer" = "host-says-done"
-else
-  sleep "$(e2e_arg hold 10)"
-fi
+# --- mtty: 8250_pci binds it and makes two ttyS ports ---------------------------------------
+e2e_check mtty-bound bound_to "$mtty" serial
+ports=""
+for t in /sys/class/tty/ttyS*; do
+  dev=$(readlink -f "$t/device" 2>/dev/null) || continue
+  # 6.12 hangs the port under the PCI function: .../0000:00:01.0/0000:00:01.0:0/0000:00:01.0:0.N
+  case "$dev" in "$(readlink -f "$mtty")"/*) ports="$ports ${t##*/}" ;; esac
+done
+set -- $ports
+e2e_info "mtty ports:$ports"
+e2e_check mtty-two-ports test $# -eq 2
+loop=/dev/$1 sock=/dev/$2
+
+# Port 0 loops back: what the guest writes comes back to it (the port stays open throughout,
+# so nothing is lost between the write and the read).
+stty -F "$loop" raw -echo 115200
+exec 4<>"$loop"
+echo "loopback-$$-ok" >&4
+line=""
+read -t 10 line <&4 || true
+exec 4>&-
+e2e_check mtty-loopback test "$(echo "$line" | tr -d '\r')" = "loopback-$$-ok"
+
+# Port 1 is a UNIX-socket console on the host: keep it open for the whole conversation.
+stty -F "$sock" raw -echo 115200
+exec 3<>"$sock"
+say() { echo "$1" >&3; }
+hear() {
+  _want=$1
+  while read -t 90 _line <&3; do
+    _line=$(echo "$_line" | tr -d '\r')
+    [ "$_line" = "$_want" ] && return 0
+    e2e_info "console: unexpected '$_line'"
+  done
+  return 1
+}
+
+# --- mbochs: bochs-drm binds, sets a mode, fbcon draws text ---------------------------------
+load_module bochs
+e2e_check mbochs-bound bound_to "$bochs" bochs-drm
+e2e_check mbochs-fb0 wait_for /dev/fb0 10
+i=0
+while [ $i -lt 30 ]; do
+  echo "vfio-user mbochs end-to-end: fbcon line $i ##########################" > /dev/tty1
+  i=$((i + 1))
+done
+say fbcon-ready
+e2e_check mtty-host-to-guest hear next
+
+# After the host's snapshot client came and went, the display must keep updating.
+size=$(cat /sys/class/graphics/fb0/virtual_size)   # "W,H"
+stride=$(cat /sys/class/graphics/fb0/stride)
+e2e_info "fb0: $(cat /sys/class/graphics/fb0/name) ${size} stride ${stride}"
+e2e_check mbochs-draw guest-pci fill-file /dev/fb0 0 $((stride * ${size#*,})) "$(e2e_arg mbochs_colour)"
+
+# --- mdpy: no guest driver; paint BAR0 through sysfs, top half and bottom half --------------
+bdf=${mdpy##*/}
+cfg32() { hexdump -s "$1" -n 4 -e '1/4 "%u"' "$mdpy/config"; }
+width=$(cfg32 0x48) height=$(cfg32 0x4c)     # the mode mdpy advertises in its config space
+e2e_info "mdpy $bdf mode ${width}x${height}, BAR0 $(head -n1 "$mdpy/resource" | cut -d' ' -f1)"
+e2e_check mdpy-enable guest-pci enable "$bdf"
+half=$(( width * 4 * (height / 2) ))
+top=$(e2e_arg mdpy_top) bottom=$(e2e_arg mdpy_bottom)
+e2e_check mdpy-draw sh -c "guest-pci fill $bdf 0 0 $half $top && guest-pci fill $bdf 0 $half $half $bottom"
+e2e_check mdpy-readback test "$(guest-pci read32 "$bdf" 0 $((half + 4096)))" = "$(printf '%#010x' "$bottom")"
+
+say drawn
+e2e_check mtty-host-answer hear done
+exec 3>&-
+
+# The serial card interrupted the guest: the 8250 driver did not fall back to polling.
+irqs=$(grep -E 'ttyS|serial' /proc/interrupts | awk '{ n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; s += n } END { print s + 0 }')
+e2e_info "serial interrupts: $irqs"
+e2e_check mtty-interrupts test "$irqs" -gt 0

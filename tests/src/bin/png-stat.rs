@@ -1,14 +1,102 @@
-//! `png-stat FILE [RRGGBB]`: prints a PNG's size, its most common colour and that colour's
-//! share of the pixels — how the end-to-end test checks what a guest drew. With a colour
-//! argument, also prints that colour's share and exits 1 when it is under half the picture.
+//! `png-stat FILE [CHECK ...]`: describes a PNG (size, most common colour and its share,
+//! number of distinct colours) and evaluates checks — how the end-to-end test judges what a
+//! guest drew. Exit status 1 when a check fails, 2 on bad usage or an unreadable file.
+//!
+//! Checks:
+//! - `size=WxH`            the picture is W by H pixels;
+//! - `at=X,Y=RRGGBB`       pixel (X, Y) has that colour;
+//! - `share=RRGGBB>=F`     at least fraction F of the pixels have that colour;
+//! - `colours>=N`          at least N distinct colours (text on a background is 2 or more);
+//! - `other=RRGGBB>=F`     at least fraction F of the pixels differ from that colour.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
 
+use image::RgbImage;
+
+struct Stats {
+    img: RgbImage,
+    counts: HashMap<[u8; 3], u64>,
+}
+
+impl Stats {
+    fn total(&self) -> f64 {
+        (u64::from(self.img.width()) * u64::from(self.img.height())).max(1) as f64
+    }
+
+    fn share(&self, c: &[u8; 3]) -> f64 {
+        self.counts.get(c).copied().unwrap_or(0) as f64 / self.total()
+    }
+}
+
+fn colour(s: &str) -> Result<[u8; 3], String> {
+    let v = u32::from_str_radix(s, 16).map_err(|_| format!("bad colour '{s}'"))?;
+    if s.len() != 6 {
+        return Err(format!("bad colour '{s}' (RRGGBB)"));
+    }
+    Ok([(v >> 16) as u8, (v >> 8) as u8, v as u8])
+}
+
+fn hex(c: [u8; 3]) -> String {
+    format!("{:02x}{:02x}{:02x}", c[0], c[1], c[2])
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    s.parse().map_err(|_| format!("bad fraction '{s}'"))
+}
+
+/// Evaluates one check: Ok(None) passed, Ok(Some(why)) failed, Err on a malformed check.
+fn check(st: &Stats, c: &str) -> Result<Option<String>, String> {
+    let (key, val) = c.split_once('=').ok_or(format!("bad check '{c}'"))?;
+    let fail = |ok: bool, why: String| if ok { None } else { Some(why) };
+    match key {
+        "size" => {
+            let got = format!("{}x{}", st.img.width(), st.img.height());
+            Ok(fail(got == val, format!("size is {got}, want {val}")))
+        }
+        "at" => {
+            let (xy, want) = val.split_once('=').ok_or(format!("bad check '{c}'"))?;
+            let (x, y) = xy.split_once(',').ok_or(format!("bad point '{xy}'"))?;
+            let x: u32 = x.parse().map_err(|_| format!("bad x '{x}'"))?;
+            let y: u32 = y.parse().map_err(|_| format!("bad y '{y}'"))?;
+            let want = colour(want)?;
+            let Some(p) = st.img.get_pixel_checked(x, y) else {
+                return Ok(Some(format!("({x},{y}) is outside the picture")));
+            };
+            Ok(fail(
+                p.0 == want,
+                format!("({x},{y}) is {}, want {}", hex(p.0), hex(want)),
+            ))
+        }
+        "share" | "other" => {
+            let (col, min) = val.split_once(">=").ok_or(format!("bad check '{c}'"))?;
+            let (col, min) = (colour(col)?, fraction(min)?);
+            let s = if key == "share" {
+                st.share(&col)
+            } else {
+                1.0 - st.share(&col)
+            };
+            Ok(fail(
+                s >= min,
+                format!("{key} of {} is {s:.4}, want >= {min}", hex(col)),
+            ))
+        }
+        "colours>" => {
+            let min: usize = val.parse().map_err(|_| format!("bad count '{val}'"))?;
+            let n = st.counts.len();
+            Ok(fail(
+                n >= min,
+                format!("{n} distinct colours, want >= {min}"),
+            ))
+        }
+        _ => Err(format!("unknown check '{c}'")),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(path) = args.first() else {
-        eprintln!("usage: png-stat FILE [RRGGBB]");
+    let Some((path, checks)) = args.split_first() else {
+        eprintln!("usage: png-stat FILE [size=WxH] [at=X,Y=RRGGBB] [share=RRGGBB>=F] [colours>=N] [other=RRGGBB>=F]");
         return ExitCode::from(2);
     };
     let img = match image::open(path) {
@@ -22,35 +110,38 @@ fn main() -> ExitCode {
     for p in img.pixels() {
         *counts.entry(p.0).or_default() += 1;
     }
-    let total = u64::from(img.width()) * u64::from(img.height());
-    let share = |c: &[u8; 3]| counts.get(c).copied().unwrap_or(0) as f64 / total.max(1) as f64;
-    let (top, _) = counts
+    let st = Stats { img, counts };
+    let top = st
+        .counts
         .iter()
         .max_by_key(|(_, n)| **n)
-        .map(|(c, n)| (*c, *n))
-        .unwrap_or(([0; 3], 0));
-    let hex = |c: [u8; 3]| format!("{:02x}{:02x}{:02x}", c[0], c[1], c[2]);
-    print!(
-        "{}x{} dominant={} share={:.3}",
-        img.width(),
-        img.height(),
+        .map(|(c, _)| *c)
+        .unwrap_or([0; 3]);
+    println!(
+        "{}x{} dominant={} share={:.4} colours={}",
+        st.img.width(),
+        st.img.height(),
         hex(top),
-        share(&top)
+        st.share(&top),
+        st.counts.len()
     );
-    let Some(want) = args.get(1) else {
-        println!();
-        return ExitCode::SUCCESS;
-    };
-    let parsed = u32::from_str_radix(want, 16).map(|v| [(v >> 16) as u8, (v >> 8) as u8, v as u8]);
-    let Ok(want) = parsed else {
-        eprintln!("\npng-stat: bad colour '{want}'");
-        return ExitCode::from(2);
-    };
-    let s = share(&want);
-    println!(" {}={s:.3}", hex(want));
-    if s >= 0.5 {
-        ExitCode::SUCCESS
-    } else {
+    let mut failed = false;
+    for c in checks {
+        match check(&st, c) {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                eprintln!("png-stat: {path}: check {c} failed: {why}");
+                failed = true;
+            }
+            Err(e) => {
+                eprintln!("png-stat: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if failed {
         ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -1,6 +1,7 @@
-//! `sock-chat PATH EXPECT REPLY [TIMEOUT_SECS]`: connects to the UNIX socket PATH (retrying
-//! until it exists), reads until the text EXPECT has arrived, then sends REPLY and a newline.
-//! The end-to-end test's host side of a serial console. Exit 1 on timeout.
+//! `sock-chat PATH [TIMEOUT_SECS]`: a byte pipe between stdin/stdout and the UNIX socket PATH
+//! (connecting as soon as it exists, retrying until TIMEOUT_SECS, default 60): what arrives on
+//! the socket goes to stdout, stdin goes to the socket. The end-to-end test's host side of a
+//! serial console, run as a shell coprocess. Exits when either side closes.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -9,13 +10,13 @@ use std::time::{Duration, Instant};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [path, expect, reply, rest @ ..] = args.as_slice() else {
-        eprintln!("usage: sock-chat PATH EXPECT REPLY [TIMEOUT_SECS]");
+    let Some(path) = args.first() else {
+        eprintln!("usage: sock-chat PATH [TIMEOUT_SECS]");
         return ExitCode::from(2);
     };
-    let secs = rest.first().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60);
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut sock = loop {
+    let sock = loop {
         match UnixStream::connect(path) {
             Ok(s) => break s,
             Err(e) if Instant::now() >= deadline => {
@@ -25,39 +26,42 @@ fn main() -> ExitCode {
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     };
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while !String::from_utf8_lossy(&seen).contains(expect.as_str()) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || sock.set_read_timeout(Some(left)).is_err() {
-            eprintln!(
-                "sock-chat: timed out; got {:?}",
-                String::from_utf8_lossy(&seen)
-            );
+    let mut to_sock = match sock.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sock-chat: {e}");
             return ExitCode::FAILURE;
         }
-        match sock.read(&mut buf) {
-            Ok(0) => {
-                eprintln!(
-                    "sock-chat: closed; got {:?}",
-                    String::from_utf8_lossy(&seen)
-                );
-                return ExitCode::FAILURE;
+    };
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 || to_sock.write_all(&buf[..n]).is_err() {
+                break;
             }
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+        }
+        let _ = to_sock.shutdown(std::net::Shutdown::Write);
+    });
+    let mut from_sock = sock;
+    let mut stdout = std::io::stdout().lock();
+    let mut buf = [0u8; 1024];
+    loop {
+        match from_sock.read(&mut buf) {
+            Ok(0) => return ExitCode::SUCCESS,
+            Ok(n) => {
+                if stdout
+                    .write_all(&buf[..n])
+                    .and_then(|_| stdout.flush())
+                    .is_err()
+                {
+                    return ExitCode::SUCCESS;
+                }
+            }
             Err(e) => {
                 eprintln!("sock-chat: read: {e}");
                 return ExitCode::FAILURE;
             }
         }
     }
-    println!("sock-chat: got {:?}", String::from_utf8_lossy(&seen).trim());
-    if let Err(e) = sock.write_all(format!("{reply}\n").as_bytes()) {
-        eprintln!("sock-chat: write: {e}");
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
 }

@@ -1,0 +1,137 @@
+//! The mtty port budget through the parent and its control socket: availability per type,
+//! exhaustion with a clear error, and the budget exact after create/remove cycles, failed
+//! creates and a client that dies in the middle of a message.
+
+mod mtty_guest;
+
+use mdev::parent::{control_request, ControlServer, CreateParams, Request};
+use mdev_tests::{wait_until, RawClient};
+use mtty_guest::Harness;
+use uuid::Uuid;
+
+fn available(h: &Harness) -> Vec<u64> {
+    h.parent
+        .types()
+        .iter()
+        .map(|t| t.available_instances)
+        .collect()
+}
+
+#[test]
+fn budget_is_exact_after_create_remove_cycles_and_failed_creates() {
+    let h = Harness::new(5);
+    assert_eq!(available(&h), vec![5, 2]);
+    for _ in 0..3 {
+        let a = h.create("mtty-2", &[]);
+        let b = h.create("mtty-2", &[]);
+        assert_eq!(available(&h), vec![1, 0]);
+        let err = h
+            .parent
+            .create("mtty-2", None, &CreateParams::new())
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::ENOSPC);
+        assert!(
+            err.to_string().contains("1 of 5 free"),
+            "clear error: {err}"
+        );
+        let c = h.create("mtty-1", &[]);
+        h.parent.remove(a.uuid, false).unwrap();
+        h.parent.remove(b.uuid, false).unwrap();
+        h.parent.remove(c.uuid, false).unwrap();
+        assert_eq!(h.driver.budget().free(), 5);
+    }
+    let bad: CreateParams = [("port0".to_string(), "socket:/no/such/dir/s".to_string())].into();
+    assert!(
+        h.parent.create("mtty-1", None, &bad).is_err(),
+        "console cannot bind"
+    );
+    let bad: CreateParams = [("port2".to_string(), "loopback".to_string())].into();
+    assert_eq!(
+        h.parent.create("mtty-2", None, &bad).unwrap_err().errno(),
+        libc::EINVAL
+    );
+    let taken = h.create("mtty-1", &[]);
+    assert_eq!(
+        h.parent
+            .create("mtty-1", Some(taken.uuid), &CreateParams::new())
+            .unwrap_err()
+            .errno(),
+        libc::EEXIST
+    );
+    h.parent.remove(taken.uuid, false).unwrap();
+    assert_eq!(h.driver.budget().free(), 5, "failed creates took nothing");
+}
+
+#[test]
+fn a_client_dying_mid_message_leaves_the_budget_exact_after_remove() {
+    let h = Harness::new(24);
+    let info = h.create("mtty-2", &[]);
+    let mut raw = RawClient::open(&info.socket);
+    raw.send_raw(&[0x01, 0x00, 0x09]); // half a header, then gone
+    drop(raw);
+    let handle = h.parent.handle(info.uuid).unwrap();
+    wait_until("crashed client closed", || handle.open_count() == 0);
+    drop(handle);
+    h.parent.remove(info.uuid, false).unwrap();
+    assert_eq!(h.driver.budget().free(), 24);
+}
+
+#[test]
+fn an_open_instance_is_busy_until_forced_and_its_ports_come_back() {
+    let h = Harness::new(24);
+    let info = h.create("mtty-2", &[]);
+    let _raw = RawClient::open(&info.socket);
+    let handle = h.parent.handle(info.uuid).unwrap();
+    wait_until("open", || handle.open_count() == 1);
+    drop(handle);
+    assert_eq!(
+        h.parent.remove(info.uuid, false).unwrap_err().errno(),
+        libc::EBUSY
+    );
+    h.parent.remove(info.uuid, true).unwrap();
+    assert_eq!(h.driver.budget().free(), 24);
+}
+
+#[test]
+fn the_control_socket_lists_creates_and_removes() {
+    let h = Harness::new(4);
+    let _control = ControlServer::start(h.parent.clone()).unwrap();
+    let dir = h.dir.path();
+    let types = control_request(dir, &Request::Types).unwrap();
+    assert_eq!(types[1]["name"], "mtty-2");
+    assert_eq!(types[1]["available_instances"], 2);
+    let uuid = Uuid::new_v4();
+    let created = control_request(
+        dir,
+        &Request::Create {
+            type_name: "mtty-2".into(),
+            uuid: Some(uuid),
+            params: [("port0".to_string(), "loopback".to_string())].into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(created["uuid"], uuid.to_string());
+    let list = control_request(dir, &Request::List).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let err = control_request(
+        dir,
+        &Request::Create {
+            type_name: "mtty-2".into(),
+            uuid: None,
+            params: CreateParams::new(),
+        },
+    );
+    assert!(err.is_ok(), "4 ports: a second mtty-2 fits");
+    let full = control_request(
+        dir,
+        &Request::Create {
+            type_name: "mtty-1".into(),
+            uuid: None,
+            params: CreateParams::new(),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(full.errno, libc::ENOSPC);
+    control_request(dir, &Request::Remove { uuid, force: false }).unwrap();
+    assert_eq!(h.driver.budget().free(), 2);
+}

@@ -1,0 +1,119 @@
+//! Shared by the mtty integration tests: a parent serving mtty instances in a scratch
+//! directory, and a port driven over vfio-user the way a guest's 8250 driver programs it.
+
+#![allow(dead_code)]
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mdev::parent::{CreateParams, InstanceInfo, Parent};
+use mdev_tests::ScratchDir;
+use mtty::uart::{Fcr, Ier, Lsr, Mcr, IER, IIR_FCR, LCR, LSR, MCR, RBR_THR};
+use mtty::MttyDriver;
+use vfio_user::Client;
+use vmm_sys_util::eventfd::EventFd;
+
+/// A parent with an mtty driver.
+pub struct Harness {
+    pub driver: Arc<MttyDriver>,
+    pub parent: Arc<Parent>,
+    pub dir: ScratchDir,
+}
+
+impl Harness {
+    pub fn new(max_ports: u64) -> Self {
+        mdev_tests::init_logging();
+        let driver = Arc::new(MttyDriver::new(max_ports));
+        let dir = ScratchDir::new("mtty");
+        let parent = Parent::new(driver.clone(), dir.path()).expect("parent");
+        Harness {
+            driver,
+            parent,
+            dir,
+        }
+    }
+
+    pub fn create(&self, type_name: &str, params: &[(&str, String)]) -> InstanceInfo {
+        let params: CreateParams = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        self.parent
+            .create(type_name, None, &params)
+            .expect("create")
+    }
+
+    pub fn socket(&self, type_name: &str) -> PathBuf {
+        self.create(type_name, &[]).socket
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.parent.shutdown();
+    }
+}
+
+/// Reads one register of port `bar`.
+pub fn reg(c: &mut Client, bar: u32, off: u8) -> u8 {
+    let mut b = [0u8; 1];
+    c.region_read(bar, u64::from(off), &mut b)
+        .expect("register read");
+    b[0]
+}
+
+/// Writes one register of port `bar`.
+pub fn set_reg(c: &mut Client, bar: u32, off: u8, v: u8) {
+    c.region_write(bar, u64::from(off), &[v])
+        .expect("register write");
+}
+
+/// What the 8250 driver does on open: 115200 8N1, FIFOs on (trigger 1), DTR/RTS/OUT2, and
+/// the given interrupts enabled.
+pub fn init_port(c: &mut Client, bar: u32, ier: Ier) {
+    set_reg(c, bar, LCR, 0x80);
+    set_reg(c, bar, RBR_THR, 1);
+    set_reg(c, bar, IER, 0);
+    set_reg(c, bar, LCR, 0x03);
+    set_reg(
+        c,
+        bar,
+        IIR_FCR,
+        (Fcr::ENABLE | Fcr::CLEAR_RX | Fcr::CLEAR_TX).bits(),
+    );
+    set_reg(c, bar, MCR, (Mcr::DTR | Mcr::RTS | Mcr::OUT2).bits());
+    set_reg(c, bar, IER, ier.bits());
+}
+
+/// Reads every byte the receive FIFO holds now.
+pub fn drain(c: &mut Client, bar: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    while reg(c, bar, LSR) & Lsr::DR.bits() != 0 {
+        out.push(reg(c, bar, RBR_THR));
+    }
+    out
+}
+
+/// Waits (up to 10 s, then fails) for an eventfd to be signalled and consumes it.
+pub fn wait_event(e: &EventFd) -> u64 {
+    let mut pfd = libc::pollfd {
+        fd: e.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; the eventfd outlives it.
+    let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    assert_eq!(n, 1, "interrupt not delivered within 10 s");
+    e.read().expect("eventfd read")
+}
+
+/// Reads from a stream until `want` bytes arrived (10 s read timeout per read).
+pub fn read_exactly(s: &mut std::os::unix::net::UnixStream, want: usize) -> Vec<u8> {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = vec![0u8; want];
+    s.read_exact(&mut got).expect("bytes from the port");
+    got
+}

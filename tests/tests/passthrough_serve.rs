@@ -1,0 +1,340 @@
+//! pci-passthrough served through real vfio-user sockets, on the fake host VFIO: two edu-like
+//! functions behind one bridge (one reset scope, one IOMMU group, no FLR), so one device set.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mdev::irq::SetIrqsFlags;
+use mdev::region::BAR0_REGION_INDEX as BAR0;
+use mdev::server::DeviceServer;
+use mdev::wire::{self, Command, DmaMapMsg, DmaUnmapMsg, Header, SetIrqsMsg, HEADER_SIZE};
+use mdev::{DeviceSets, SharedMemory};
+use mdev_tests::{init_logging, wait_until, RawClient, ScratchDir};
+use pci_passthrough::fake::{hot_resets, Call, FakeSpec, FakeVfio, FAKE_BAR0_SIZE};
+use pci_passthrough::host::HostIrqSet;
+use pci_passthrough::{Passthrough, PciAddress};
+use vm_memory::ByteValued;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// The IOMMU group of both functions (and their bridge).
+const GROUP: u32 = 7;
+/// DMA_MAP / DMA_UNMAP protection bits.
+const DMA_READ_WRITE: u32 = 0x3;
+const IOVA: u64 = 0x4_0000;
+const DMA_SIZE: u64 = 0x4000;
+
+fn addr(dev: u8) -> PciAddress {
+    PciAddress::from_devfn(0, 1, dev << 3)
+}
+
+struct Edus {
+    fake: FakeVfio,
+    servers: Vec<DeviceServer>,
+    paths: Vec<PathBuf>,
+    _dir: ScratchDir,
+}
+
+impl Edus {
+    fn serve(label: &str) -> Self {
+        init_logging();
+        let dir = ScratchDir::new(label);
+        let fake = FakeVfio::new();
+        let scope = [addr(1), addr(2)];
+        for a in scope {
+            fake.add(FakeSpec::sharing(a, &scope, GROUP));
+        }
+        let passthrough = Passthrough::new(Arc::new(fake.clone()));
+        let sets = DeviceSets::new();
+        let mut servers = Vec::new();
+        let mut paths = Vec::new();
+        for a in scope {
+            let (device, key) = passthrough.open(a).expect("open");
+            let handle = sets.register(&a.to_string(), Box::new(device), key);
+            let path = dir.join(&format!("{a}.sock"));
+            servers.push(DeviceServer::bind(&path, handle).expect("bind"));
+            paths.push(path);
+        }
+        assert!(Arc::ptr_eq(
+            servers[0].handle().set(),
+            servers[1].handle().set()
+        ));
+        Edus {
+            fake,
+            servers,
+            paths,
+            _dir: dir,
+        }
+    }
+
+    fn open_count(&self, i: usize) -> usize {
+        self.servers[i].handle().open_count()
+    }
+
+    fn hot_resets(&self) -> usize {
+        hot_resets(&self.fake.calls()).len()
+    }
+}
+
+fn reset(c: &mut RawClient) -> Option<u32> {
+    c.request(Command::DeviceReset as u16, 0, &[], &[]).errno()
+}
+
+/// A connection opened by another process (another owner, as a second QEMU would be): a
+/// forked child connects, negotiates and then waits to be killed.
+struct ForeignClient {
+    pid: libc::pid_t,
+}
+
+impl ForeignClient {
+    fn open(path: &Path) -> Self {
+        // Everything the child needs is prepared here: after fork it only makes system calls.
+        let caps = b"{\"capabilities\":{\"max_msg_fds\":8}}\0";
+        let version = wire::VersionMsg { major: 0, minor: 1 };
+        let header = Header {
+            message_id: 1,
+            command: Command::Version as u16,
+            message_size: (HEADER_SIZE + version.as_slice().len() + caps.len()) as u32,
+            flags: 0,
+            error: 0,
+        };
+        let mut request = header.as_slice().to_vec();
+        request.extend_from_slice(version.as_slice());
+        request.extend_from_slice(caps);
+        let path = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
+        let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let bytes = path.as_bytes_with_nul();
+        assert!(bytes.len() <= sun.sun_path.len(), "socket path too long");
+        for (d, s) in sun.sun_path.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        let mut ready = [0 as libc::c_int; 2];
+        // SAFETY: `ready` has room for the two fds pipe() writes.
+        assert_eq!(unsafe { libc::pipe(ready.as_mut_ptr()) }, 0);
+        // SAFETY: the child runs only async-signal-safe system calls on memory prepared
+        // above, then _exit()s or is killed; it never returns into the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            // SAFETY: the child's own copies of the buffers above; raw syscalls only.
+            unsafe {
+                let status: u8 = 'negotiate: {
+                    let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                    if fd < 0
+                        || libc::connect(fd, (&sun as *const libc::sockaddr_un).cast(), len) != 0
+                    {
+                        break 'negotiate b'c';
+                    }
+                    let n = libc::write(fd, request.as_ptr().cast(), request.len());
+                    if n != request.len() as isize {
+                        break 'negotiate b'w';
+                    }
+                    let mut reply = [0u8; HEADER_SIZE];
+                    let mut got = 0;
+                    while got < HEADER_SIZE {
+                        let n = libc::read(fd, reply[got..].as_mut_ptr().cast(), HEADER_SIZE - got);
+                        if n <= 0 {
+                            break 'negotiate b'r';
+                        }
+                        got += n as usize;
+                    }
+                    // The reply's flags word (bytes 8..12) must not carry ERROR.
+                    if reply[8] & (wire::flags::ERROR as u8) != 0 {
+                        break 'negotiate b'e';
+                    }
+                    b'1'
+                };
+                libc::write(ready[1], (&status as *const u8).cast(), 1);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        // SAFETY: our copy of the write end; the read end is read below and closed.
+        unsafe { libc::close(ready[1]) };
+        let mut status = 0u8;
+        // SAFETY: reads one byte into `status`.
+        let n = unsafe { libc::read(ready[0], (&mut status as *mut u8).cast(), 1) };
+        // SAFETY: our fd, closed once.
+        unsafe { libc::close(ready[0]) };
+        let child = ForeignClient { pid };
+        assert_eq!(
+            (n, status),
+            (1, b'1'),
+            "the foreign client could not open the device"
+        );
+        child
+    }
+}
+
+impl Drop for ForeignClient {
+    fn drop(&mut self) {
+        // SAFETY: `pid` is our child; it is killed and reaped exactly once.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+#[test]
+fn two_connections_share_one_device_and_the_set_resets_after_the_last() {
+    let edus = Edus::serve("pt-multi");
+    let mut c1 = RawClient::open(&edus.paths[0]);
+    let mut c2 = RawClient::open(&edus.paths[0]);
+    assert_eq!(edus.open_count(0), 2);
+    c1.write32(BAR0, 0x10, 0x1234_5678).unwrap();
+    assert_eq!(
+        c2.read32(BAR0, 0x10),
+        Ok(0x1234_5678),
+        "one device behind both"
+    );
+    drop(c1);
+    wait_until("first connection closed", || edus.open_count(0) == 1);
+    assert_eq!(edus.hot_resets(), 0, "still open by the second connection");
+    assert_eq!(c2.read32(BAR0, 0x10), Ok(0x1234_5678));
+    drop(c2);
+    wait_until("last connection closed", || edus.open_count(0) == 0);
+    assert_eq!(edus.hot_resets(), 1, "the idle set is reset once");
+}
+
+#[test]
+fn a_reset_is_refused_while_the_sibling_is_open_in_another_process() {
+    let edus = Edus::serve("pt-reset");
+    let foreign = ForeignClient::open(&edus.paths[1]);
+    assert_eq!(edus.open_count(1), 1);
+    let mut c = RawClient::open(&edus.paths[0]);
+    assert_eq!(reset(&mut c), Some(libc::EBUSY as u32));
+    assert_eq!(edus.hot_resets(), 0);
+    drop(foreign);
+    wait_until("foreign client gone", || edus.open_count(1) == 0);
+    assert_eq!(
+        edus.hot_resets(),
+        0,
+        "the set is not idle: no reset on that close"
+    );
+    assert_eq!(reset(&mut c), None);
+    // Holding the sibling ourselves does not stand in the way either.
+    let _sibling = RawClient::open(&edus.paths[1]);
+    assert_eq!(reset(&mut c), None);
+    let calls = edus.fake.calls();
+    assert_eq!(
+        hot_resets(&calls),
+        [&Call::HotReset(addr(1), vec![GROUP]); 2]
+    );
+}
+
+fn dma_map(c: &mut RawClient, iova: u64, fd: Option<&SharedMemory>) -> Option<u32> {
+    let msg = DmaMapMsg {
+        argsz: std::mem::size_of::<DmaMapMsg>() as u32,
+        flags: DMA_READ_WRITE,
+        offset: 0,
+        address: iova,
+        size: DMA_SIZE,
+    };
+    let fds: Vec<_> = fd.iter().map(|m| m.file().as_raw_fd()).collect();
+    c.request(Command::DmaMap as u16, 0, msg.as_slice(), &fds)
+        .errno()
+}
+
+#[test]
+fn dma_maps_with_an_fd_reach_the_iommu_and_are_undone_by_unmap_and_disconnect() {
+    let edus = Edus::serve("pt-dma");
+    let ram = SharedMemory::new("client-ram", 2 * DMA_SIZE as usize).unwrap();
+    let mut c = RawClient::open(&edus.paths[0]);
+    assert_eq!(dma_map(&mut c, IOVA, Some(&ram)), None);
+    assert_eq!(
+        dma_map(&mut c, 2 * IOVA, None),
+        None,
+        "fd-less maps are accepted"
+    );
+    let only_first = BTreeMap::from([(IOVA, DMA_SIZE)]);
+    assert_eq!(edus.fake.iommu(), only_first);
+    // The same memory through the sibling (same client): one shared IOMMU window.
+    let mut s = RawClient::open(&edus.paths[1]);
+    assert_eq!(dma_map(&mut s, IOVA, Some(&ram)), None);
+    assert_eq!(edus.fake.iommu(), only_first);
+    let unmap = DmaUnmapMsg {
+        argsz: std::mem::size_of::<DmaUnmapMsg>() as u32,
+        flags: 0,
+        address: IOVA,
+        size: DMA_SIZE,
+    };
+    let r = c.request(Command::DmaUnmap as u16, 0, unmap.as_slice(), &[]);
+    assert_eq!(r.errno(), None);
+    assert_eq!(edus.fake.iommu(), only_first, "still used by the sibling");
+    assert_eq!(dma_map(&mut c, 3 * IOVA, Some(&ram)), None);
+    assert_eq!(edus.fake.iommu().len(), 2);
+    drop(c);
+    drop(s);
+    wait_until("all closed", || {
+        edus.open_count(0) + edus.open_count(1) == 0
+    });
+    assert!(edus.fake.iommu().is_empty(), "{:?}", edus.fake.iommu());
+}
+
+#[test]
+fn set_irqs_hands_the_client_eventfd_to_the_host() {
+    let edus = Edus::serve("pt-irq");
+    let mut c = RawClient::open(&edus.paths[0]);
+    let efd = EventFd::new(EFD_NONBLOCK).unwrap();
+    let msi = SetIrqsMsg {
+        argsz: std::mem::size_of::<SetIrqsMsg>() as u32,
+        flags: (SetIrqsFlags::DATA_EVENTFD | SetIrqsFlags::ACTION_TRIGGER).bits(),
+        index: 1,
+        start: 0,
+        count: 1,
+    };
+    let r = c.request(
+        Command::DeviceSetIrqs as u16,
+        0,
+        msi.as_slice(),
+        &[efd.as_raw_fd()],
+    );
+    assert_eq!(r.errno(), None);
+    let calls = edus.fake.calls();
+    let Some(Call::SetIrqs(
+        _,
+        HostIrqSet {
+            index: 1,
+            count: 1,
+            eventfds: Some(fds),
+            ..
+        },
+    )) = calls.last()
+    else {
+        panic!("MSI eventfd not forwarded: {calls:?}");
+    };
+    // What the host kernel would signal is the client's own eventfd.
+    // SAFETY: the server keeps the forwarded fd open while the connection routes it.
+    let host_side = unsafe { BorrowedFd::borrow_raw(fds[0]) };
+    let mut host_side = std::fs::File::from(host_side.try_clone_to_owned().unwrap());
+    host_side.write_all(&1u64.to_ne_bytes()).unwrap();
+    assert_eq!(efd.read().unwrap(), 1);
+}
+
+#[test]
+fn hostile_accesses_outside_the_regions_get_einval() {
+    let edus = Edus::serve("pt-hostile");
+    let mut c = RawClient::open(&edus.paths[0]);
+    let einval = Err(libc::EINVAL as u32);
+    assert_eq!(c.read32(BAR0, FAKE_BAR0_SIZE - 2), einval);
+    assert_eq!(c.read32(BAR0, u64::MAX - 1), einval);
+    assert_eq!(c.read32(2, 0), einval, "absent BAR");
+    assert_eq!(c.write32(6, 0, 0), Err(libc::EINVAL as u32), "absent ROM");
+    assert_eq!(c.read32(42, 0), einval);
+    assert_eq!(c.read32(BAR0, 0), Ok(0), "the connection survives");
+    let writes = edus
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, Call::Write { .. }))
+        .count();
+    assert_eq!(writes, 0);
+}
