@@ -2,6 +2,7 @@
 //! `snapshot [--dir D] UUID --out OUT.png` (or `UUID OUT.png`),
 //! `snapshot [--dir D] UUID --every SECS --out-dir D2` and `view [--dir D] UUID`.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +28,9 @@ pub enum ViewerCommand {
         /// Directory for periodic snapshots (UUID-UNIXTIME-SEQ.png).
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
+        /// With --every: stop after N snapshots (default: until interrupted).
+        #[arg(long, value_name = "N", requires = "every")]
+        count: Option<u64>,
         /// Instance UUID.
         uuid: Uuid,
         /// Output file of a single snapshot (same as the positional OUT.png).
@@ -62,6 +66,9 @@ pub enum ViewerError {
     /// The device scans nothing out.
     #[error("nothing is scanned out (display disabled or mode invalid)")]
     NoScanout,
+    /// `view` needs a terminal on standard output.
+    #[error("view needs a terminal on standard output (use snapshot for files)")]
+    NotATerminal,
     /// A single snapshot was asked for without an output file.
     #[error("no output file given (--out OUT.png)")]
     NoOutput,
@@ -84,11 +91,18 @@ pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeRea
             dir,
             every: Some(secs),
             out_dir,
+            count,
             uuid,
             ..
         } => {
             let out_dir = out_dir.unwrap_or_else(|| PathBuf::from("."));
-            snapshot_every(&socket(&dir, uuid), reader, secs, &out_dir, uuid)
+            DisplayClient::connect(&socket(&dir, uuid), reader)
+                .map_err(ViewerError::from)
+                .and_then(|mut client| {
+                    let period = Duration::from_secs(secs.max(1));
+                    snapshot_every(&mut client, period, count, &out_dir, uuid)
+                })
+                .map(|written| log::info!("{written} snapshot(s) written"))
         }
         ViewerCommand::Snapshot {
             dir,
@@ -100,6 +114,9 @@ pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeRea
             Some(out) => snapshot_once(&socket(&dir, uuid), reader, &out),
             None => Err(ViewerError::NoScanout),
         },
+        ViewerCommand::View { .. } if !std::io::stdout().is_terminal() => {
+            Err(ViewerError::NotATerminal)
+        }
         ViewerCommand::View { dir, uuid } => DisplayClient::connect(&socket(&dir, uuid), reader)
             .and_then(|mut c| run_live_view(&mut c))
             .map_err(ViewerError::from),
@@ -132,18 +149,24 @@ pub fn snapshot_once(
     Ok(())
 }
 
-fn snapshot_every(
-    socket: &Path,
-    reader: Box<dyn ModeReader>,
-    secs: u64,
+/// Writes a PNG of `client`'s current frame into `out_dir` every `period`, `count` times
+/// (forever when `None`), as `UUID-UNIXTIME-SEQ.png`. A moment with nothing scanned out is
+/// skipped. Returns how many files were written.
+pub fn snapshot_every(
+    client: &mut DisplayClient,
+    period: Duration,
+    count: Option<u64>,
     out_dir: &Path,
     uuid: Uuid,
-) -> Result<(), ViewerError> {
+) -> Result<u64, ViewerError> {
     std::fs::create_dir_all(out_dir).map_err(|e| ViewerError::OutDir(out_dir.into(), e))?;
-    let mut client = DisplayClient::connect(socket, reader)?;
-    let period = Duration::from_secs(secs.max(1));
     let mut next = Instant::now();
-    for seq in 0u64.. {
+    let mut written = 0;
+    for seq in 0..count.unwrap_or(u64::MAX) {
+        if seq > 0 {
+            next += period;
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
         let stamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -151,14 +174,13 @@ fn snapshot_every(
         match client.frame()? {
             Some(frame) => {
                 save_png(&frame, &path)?;
+                written += 1;
                 log::info!("snapshot -> {}", path.display());
             }
             None => log::info!("no scan-out; snapshot {seq} skipped"),
         }
-        next += period;
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
-    Ok(())
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -196,8 +218,18 @@ mod tests {
         let every = ["x", "snapshot", UUID, "--every", "2", "--out-dir", "/tmp/s"];
         assert!(matches!(
             Cli::try_parse_from(every).unwrap().command,
-            ViewerCommand::Snapshot { every: Some(2), .. }
+            ViewerCommand::Snapshot {
+                every: Some(2),
+                count: None,
+                ..
+            }
         ));
+        let counted = [&every[..], &["--count", "3"]].concat();
+        assert!(matches!(
+            Cli::try_parse_from(counted).unwrap().command,
+            ViewerCommand::Snapshot { count: Some(3), .. }
+        ));
+        assert!(Cli::try_parse_from(["x", "snapshot", UUID, "-o", "a", "--count", "3"]).is_err());
         assert!(matches!(
             Cli::try_parse_from(["x", "view", UUID]).unwrap().command,
             ViewerCommand::View { .. }

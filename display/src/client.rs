@@ -28,6 +28,9 @@ pub enum ClientError {
     /// A register source failed.
     #[error("register read: {0}")]
     Register(#[source] io::Error),
+    /// The terminal of a live view failed (or there is none).
+    #[error("terminal: {0}")]
+    Terminal(#[source] io::Error),
 }
 
 /// Something a mode can be read from: region reads of a device.

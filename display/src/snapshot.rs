@@ -68,7 +68,14 @@ mod tests {
     #[test]
     fn a_png_decodes_to_the_same_pixels() {
         let mode = Mode::packed(PixelFormat::Rgb565, 3, 2);
-        let colours = [[0xff, 0, 0], [0, 0xff, 0], [0, 0, 0xff], [0xff; 3], [0; 3], [0xff, 0xff, 0]];
+        let colours = [
+            [0xff, 0, 0],
+            [0, 0xff, 0],
+            [0, 0, 0xff],
+            [0xff; 3],
+            [0; 3],
+            [0xff, 0xff, 0],
+        ];
         let fb: Vec<u8> = colours
             .iter()
             .flat_map(|c| PixelFormat::Rgb565.from_rgb(*c))

@@ -8,9 +8,7 @@ use std::time::Duration;
 use crossterm::cursor::{Hide, MoveTo, Show};
 use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use crossterm::style::{Color, Print, ResetColor, SetBackgroundColor, SetForegroundColor};
-use crossterm::terminal::{
-    self, Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen,
-};
+use crossterm::terminal::{self, Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen};
 use crossterm::{execute, queue};
 
 use crate::client::{ClientError, DisplayClient};
@@ -125,16 +123,34 @@ impl TerminalRenderer {
             let [br, bg, bb] = cell.lower;
             match colours {
                 Some((f, b)) if f == cell.upper && b == cell.lower => {}
-                Some((f, _)) if f == cell.upper => {
-                    queue!(out, SetBackgroundColor(Color::Rgb { r: br, g: bg, b: bb }))?
-                }
-                Some((_, b)) if b == cell.lower => {
-                    queue!(out, SetForegroundColor(Color::Rgb { r: fr, g: fg, b: fb }))?
-                }
+                Some((f, _)) if f == cell.upper => queue!(
+                    out,
+                    SetBackgroundColor(Color::Rgb {
+                        r: br,
+                        g: bg,
+                        b: bb
+                    })
+                )?,
+                Some((_, b)) if b == cell.lower => queue!(
+                    out,
+                    SetForegroundColor(Color::Rgb {
+                        r: fr,
+                        g: fg,
+                        b: fb
+                    })
+                )?,
                 _ => queue!(
                     out,
-                    SetForegroundColor(Color::Rgb { r: fr, g: fg, b: fb }),
-                    SetBackgroundColor(Color::Rgb { r: br, g: bg, b: bb })
+                    SetForegroundColor(Color::Rgb {
+                        r: fr,
+                        g: fg,
+                        b: fb
+                    }),
+                    SetBackgroundColor(Color::Rgb {
+                        r: br,
+                        g: bg,
+                        b: bb
+                    })
                 )?,
             }
             queue!(out, Print(UPPER_HALF_BLOCK))?;
@@ -163,7 +179,12 @@ impl TerminalGuard {
     pub fn enter() -> io::Result<Self> {
         terminal::enable_raw_mode()?;
         let guard = TerminalGuard { _private: () };
-        execute!(io::stdout(), EnterAlternateScreen, Hide, Clear(ClearType::All))?;
+        execute!(
+            io::stdout(),
+            EnterAlternateScreen,
+            Hide,
+            Clear(ClearType::All)
+        )?;
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             restore_terminal();
@@ -197,14 +218,14 @@ pub fn is_quit_key(key: &KeyEvent) -> bool {
 /// Shows `client`'s display in this terminal until q, Esc or Ctrl-C. The terminal is
 /// restored on every way out.
 pub fn run_live_view(client: &mut DisplayClient) -> Result<(), ClientError> {
-    let guard = TerminalGuard::enter().map_err(ClientError::Register)?;
+    let guard = TerminalGuard::enter().map_err(ClientError::Terminal)?;
     let result = live_loop(client);
     drop(guard);
     result
 }
 
 fn live_loop(client: &mut DisplayClient) -> Result<(), ClientError> {
-    let io_err = ClientError::Register;
+    let io_err = ClientError::Terminal;
     let mut renderer = TerminalRenderer::new();
     let mut out = Vec::with_capacity(1 << 20);
     let mut blank_shown = false;
@@ -225,7 +246,9 @@ fn live_loop(client: &mut DisplayClient) -> Result<(), ClientError> {
         match client.frame()? {
             Some(frame) => {
                 blank_shown = false;
-                renderer.render(&frame, cols, rows, &mut out).map_err(io_err)?;
+                renderer
+                    .render(&frame, cols, rows, &mut out)
+                    .map_err(io_err)?;
             }
             None if !blank_shown => {
                 renderer = TerminalRenderer::new();
@@ -256,7 +279,7 @@ mod tests {
     fn checkerboard(w: u32, h: u32) -> Vec<u8> {
         (0..w * h)
             .flat_map(|i| {
-                let on = ((i % w) + (i / w)) % 2 == 0;
+                let on = ((i % w) + (i / w)) & 1 == 0;
                 PixelFormat::Xrgb8888.from_rgb(if on { [255; 3] } else { [0; 3] })
             })
             .collect()
@@ -268,8 +291,20 @@ mod tests {
         let frame = Frame::new(Mode::packed(PixelFormat::Xrgb8888, 4, 4), &fb).unwrap();
         let mut cells = Vec::new();
         assert_eq!(TerminalRenderer::layout(&frame, 4, 2, &mut cells), (4, 2));
-        assert_eq!(cells[0], Cell { upper: [255; 3], lower: [0; 3] });
-        assert_eq!(cells[1], Cell { upper: [0; 3], lower: [255; 3] });
+        assert_eq!(
+            cells[0],
+            Cell {
+                upper: [255; 3],
+                lower: [0; 3]
+            }
+        );
+        assert_eq!(
+            cells[1],
+            Cell {
+                upper: [0; 3],
+                lower: [255; 3]
+            }
+        );
     }
 
     #[test]

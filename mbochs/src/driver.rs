@@ -56,8 +56,9 @@ impl MdevDriver for MbochsDriver {
         uuid: Uuid,
         params: &CreateParams,
     ) -> Result<NewDevice, DeviceError> {
-        let ty = MbochsType::by_name(type_name)
-            .ok_or(DeviceError::InvalidArgument("unknown mbochs type (small, medium, large)"))?;
+        let ty = MbochsType::by_name(type_name).ok_or(DeviceError::InvalidArgument(
+            "unknown mbochs type (small, medium, large)",
+        ))?;
         if let Some(key) = params.keys().next() {
             log::warn!("mbochs: unknown parameter '{key}' refused");
             return Err(DeviceError::InvalidArgument("mbochs takes no parameters"));

@@ -230,7 +230,8 @@ pub fn build_edid(preferred: Resolution, max: Resolution, memory: u64) -> [u8; E
     let mut e = [0u8; EDID_BLOCK_LEN];
     e[..8].copy_from_slice(&EDID_HEADER);
     let [a, b, c] = MANUFACTURER.map(|l| u16::from(l - b'A' + 1));
-    e[OFF_MANUFACTURER..OFF_MANUFACTURER + 2].copy_from_slice(&((a << 10) | (b << 5) | c).to_be_bytes());
+    e[OFF_MANUFACTURER..OFF_MANUFACTURER + 2]
+        .copy_from_slice(&((a << 10) | (b << 5) | c).to_be_bytes());
     e[OFF_PRODUCT..OFF_PRODUCT + 2].copy_from_slice(&PRODUCT_CODE.to_le_bytes());
     e[OFF_SERIAL..OFF_SERIAL + 4].copy_from_slice(&0u32.to_le_bytes());
     e[OFF_WEEK] = 1;
@@ -267,7 +268,11 @@ pub fn build_edid(preferred: Resolution, max: Resolution, memory: u64) -> [u8; E
     } else {
         display_descriptor(TAG_DUMMY, &[0; 13])
     };
-    let fastest = if fits(max) { max_timing } else { preferred_timing };
+    let fastest = if fits(max) {
+        max_timing
+    } else {
+        preferred_timing
+    };
     let mut limits = [0u8; 13];
     limits[0] = 50; // min vertical Hz
     limits[1] = 75; // max vertical Hz
@@ -288,7 +293,9 @@ pub fn build_edid(preferred: Resolution, max: Resolution, memory: u64) -> [u8; E
         e[at..at + DESCRIPTOR_LEN].copy_from_slice(d);
     }
     e[OFF_EXTENSIONS] = 0;
-    let sum = e[..OFF_CHECKSUM].iter().fold(0u8, |s, b| s.wrapping_add(*b));
+    let sum = e[..OFF_CHECKSUM]
+        .iter()
+        .fold(0u8, |s, b| s.wrapping_add(*b));
     e[OFF_CHECKSUM] = 0u8.wrapping_sub(sum);
     e
 }
@@ -391,8 +398,12 @@ mod tests {
     #[test]
     fn the_largest_mode_is_listed() {
         let medium = TYPES[1];
-        let s = parse_edid(&build_edid(medium.preferred, medium.edid_max(), medium.memory()))
-            .unwrap();
+        let s = parse_edid(&build_edid(
+            medium.preferred,
+            medium.edid_max(),
+            medium.memory(),
+        ))
+        .unwrap();
         assert!(s.modes.contains(&Resolution::new(1920, 1440)));
         assert!(s.modes.contains(&Resolution::new(1920, 1080)));
         assert!(!s.modes.contains(&Resolution::new(2048, 1536)));
@@ -400,7 +411,11 @@ mod tests {
 
     #[test]
     fn a_corrupted_block_is_rejected() {
-        let mut e = build_edid(Resolution::new(800, 600), Resolution::new(800, 600), 4 << 20);
+        let mut e = build_edid(
+            Resolution::new(800, 600),
+            Resolution::new(800, 600),
+            4 << 20,
+        );
         e[40] ^= 1;
         assert_eq!(parse_edid(&e), Err(EdidError::BadChecksum));
         assert_eq!(parse_edid(&e[..64]), Err(EdidError::BadHeader));

@@ -13,13 +13,13 @@
 //! Linux's `bochs` DRM driver binds the function (1234:1111, class 0x0380), finds the DISPI
 //! interface in BAR2, reads the EDID and programs modes with 16-bit MMIO writes.
 
+pub mod device;
 pub mod dispi;
+pub mod driver;
 pub mod edid;
 pub mod mmio;
 pub mod scanout;
 pub mod types;
-pub mod device;
-pub mod driver;
 pub mod viewer;
 
 pub use device::{new_mbochs, MbochsDevice};

@@ -221,7 +221,10 @@ mod tests {
             (DispiEnable::ENABLED | DispiEnable::LFB_ENABLED).bits(),
         );
         let m = r.scanout().unwrap();
-        assert_eq!((m.width, m.height, m.format), (1024, 768, PixelFormat::Xrgb8888));
+        assert_eq!(
+            (m.width, m.height, m.format),
+            (1024, 768, PixelFormat::Xrgb8888)
+        );
         r.write(QEXT_ENDIAN_OFFSET, &ENDIAN_BIG.to_le_bytes());
         assert_eq!(r.scanout().unwrap().format, PixelFormat::Bgrx8888);
         assert_eq!(read_u32(&r, QEXT_ENDIAN_OFFSET), ENDIAN_BIG);

@@ -108,10 +108,7 @@ mod tests {
     #[test]
     fn the_linux_driver_mode_scans_out() {
         let m = current_scanout(&regs(1024, 768, 32), FramebufferEndianness::Little, &LIMITS);
-        assert_eq!(
-            m,
-            Some(Mode::packed(PixelFormat::Xrgb8888, 1024, 768))
-        );
+        assert_eq!(m, Some(Mode::packed(PixelFormat::Xrgb8888, 1024, 768)));
         let m = current_scanout(&regs(1024, 768, 32), FramebufferEndianness::Big, &LIMITS);
         assert_eq!(m.map(|m| m.format), Some(PixelFormat::Bgrx8888));
     }

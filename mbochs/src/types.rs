@@ -117,7 +117,10 @@ mod tests {
             assert!(t.preferred.within(t.edid_max()), "{}", t.name);
             assert!(t.edid_max().bytes_at_32bpp() <= t.memory(), "{}", t.name);
             assert!(t.memory().is_power_of_two());
-            assert_eq!(MbochsType::by_memory(t.memory()).map(|x| x.name), Some(t.name));
+            assert_eq!(
+                MbochsType::by_memory(t.memory()).map(|x| x.name),
+                Some(t.name)
+            );
         }
     }
 }

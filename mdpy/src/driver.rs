@@ -55,8 +55,9 @@ impl MdevDriver for MdpyDriver {
         uuid: Uuid,
         params: &CreateParams,
     ) -> Result<NewDevice, DeviceError> {
-        let ty = MdpyType::by_name(type_name)
-            .ok_or(DeviceError::InvalidArgument("unknown mdpy type (vga, xga, hd)"))?;
+        let ty = MdpyType::by_name(type_name).ok_or(DeviceError::InvalidArgument(
+            "unknown mdpy type (vga, xga, hd)",
+        ))?;
         if let Some(key) = params.keys().next() {
             log::warn!("mdpy: unknown parameter '{key}' refused");
             return Err(DeviceError::InvalidArgument("mdpy takes no parameters"));

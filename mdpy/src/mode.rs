@@ -29,7 +29,8 @@ pub fn mode_capability_body(mode: &Mode) -> Vec<u8> {
 /// Decodes the 12 bytes at [`FORMAT_OFFSET`]: a packed mode, or `None` for an unknown format
 /// or an empty size.
 pub fn decode_mode(fields: &[u8; 12]) -> Option<Mode> {
-    let word = |i: usize| u32::from_le_bytes([fields[i], fields[i + 1], fields[i + 2], fields[i + 3]]);
+    let word =
+        |i: usize| u32::from_le_bytes([fields[i], fields[i + 1], fields[i + 2], fields[i + 3]]);
     let format = PixelFormat::from_fourcc(word(0))?;
     let (width, height) = (word(4), word(8));
     (width > 0 && height > 0).then(|| Mode::packed(format, width, height))

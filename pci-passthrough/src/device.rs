@@ -90,6 +90,22 @@ impl<V: HostVfio> PassthroughDevice<V> {
             .ok_or(DeviceError::InvalidArgument("no such region"))
     }
 
+    /// Where `len` bytes at `offset` of region `index` are in the host device fd; an access
+    /// that does not lie wholly inside the region is refused (EINVAL), never forwarded.
+    fn host_offset(&self, index: u32, offset: u64, len: usize) -> Result<u64, DeviceError> {
+        let r = self.region(index)?;
+        let invalid = || DeviceError::InvalidAccess {
+            region: index,
+            offset,
+            len,
+        };
+        let end = offset.checked_add(len as u64).ok_or_else(invalid)?;
+        if end > r.size {
+            return Err(invalid());
+        }
+        r.offset.checked_add(offset).ok_or_else(invalid)
+    }
+
     fn run_reset(&self, method: &ResetMethod) -> Result<(), DeviceError> {
         match method {
             ResetMethod::Function => self.device.reset()?,
@@ -165,7 +181,7 @@ impl<V: HostVfio> Device for PassthroughDevice<V> {
     }
 
     fn read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
-        let at = self.region(region)?.offset + offset;
+        let at = self.host_offset(region, offset, data.len())?;
         self.device.read(at, data)?;
         Ok(())
     }
@@ -178,7 +194,7 @@ impl<V: HostVfio> Device for PassthroughDevice<V> {
                 len: data.len(),
             });
         }
-        let at = self.region(region)?.offset + offset;
+        let at = self.host_offset(region, offset, data.len())?;
         self.device.write(at, data)?;
         Ok(())
     }
@@ -232,5 +248,356 @@ impl<V: HostVfio> Device for PassthroughDevice<V> {
 
     fn describe(&self) -> String {
         format!("passthrough {}", self.address)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, BorrowedFd};
+
+    use mdev::irq::{IrqAction, IrqData, IrqIndex, IrqRequest};
+    use mdev::region::BAR0_REGION_INDEX as BAR0;
+    use mdev::{DeviceHandle, DeviceSets, OwnerId};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::*;
+    use crate::fake::{
+        hot_resets, Call, FakeSpec, FakeVfio, Op, FAKE_BAR0_SIZE, FAKE_CONFIG_SIZE,
+        FAKE_REGION_STRIDE,
+    };
+    use crate::host::HostIrqSet;
+    use crate::passthrough::Passthrough;
+
+    const A: OwnerId = OwnerId(1);
+    const B: OwnerId = OwnerId(2);
+    const CONFIG: u32 = CONFIG_REGION_INDEX;
+    /// The IOMMU group of the two edus (with their bridge).
+    const GROUP: u32 = 7;
+
+    fn addr(dev: u8) -> PciAddress {
+        PciAddress::from_devfn(0, 1, dev << 3)
+    }
+
+    fn conn() -> ConnectionId {
+        ConnectionId::next()
+    }
+
+    /// Two edu-like devices behind one bridge (one bus reset scope, one IOMMU group), of
+    /// which `served` are served here.
+    fn edus(flr: bool, served: &[u8]) -> (FakeVfio, DeviceSets, Vec<Arc<DeviceHandle>>) {
+        let fake = FakeVfio::new();
+        let scope = [addr(1), addr(2)];
+        for a in scope {
+            fake.add(FakeSpec {
+                flr,
+                ..FakeSpec::sharing(a, &scope, GROUP)
+            });
+        }
+        let passthrough = Passthrough::new(Arc::new(fake.clone()));
+        let sets = DeviceSets::new();
+        let handles = served
+            .iter()
+            .map(|&d| {
+                let (device, key) = passthrough.open(addr(d)).unwrap();
+                sets.register(&addr(d).to_string(), Box::new(device), key)
+            })
+            .collect();
+        (fake, sets, handles)
+    }
+
+    #[test]
+    fn a_hot_reset_is_refused_with_ebusy_while_a_sibling_is_open_by_another_client() {
+        let (fake, _sets, h) = edus(false, &[1, 2]);
+        h[0].open(conn(), A).unwrap();
+        h[1].open(conn(), B).unwrap();
+        assert_eq!(h[0].reset(A).unwrap_err().errno(), libc::EBUSY);
+        assert_eq!(h[1].reset(B).unwrap_err().errno(), libc::EBUSY);
+        assert!(hot_resets(&fake.calls()).is_empty());
+    }
+
+    #[test]
+    fn a_hot_reset_is_refused_while_another_client_shares_the_requested_device() {
+        let (fake, _sets, h) = edus(false, &[1, 2]);
+        h[0].open(conn(), A).unwrap();
+        h[0].open(conn(), B).unwrap();
+        assert_eq!(h[0].reset(A).unwrap_err().errno(), libc::EBUSY);
+        assert!(hot_resets(&fake.calls()).is_empty());
+    }
+
+    #[test]
+    fn a_hot_reset_runs_when_the_requester_holds_every_open_device_of_the_set() {
+        let (fake, _sets, h) = edus(false, &[1, 2]);
+        h[0].open(conn(), A).unwrap();
+        h[0].reset(A).unwrap(); // the sibling is closed: it allows the reset
+        h[1].open(conn(), A).unwrap();
+        h[0].open(conn(), A).unwrap();
+        h[1].reset(A).unwrap(); // every open belongs to A
+        assert_eq!(
+            hot_resets(&fake.calls()),
+            [
+                &Call::HotReset(addr(1), vec![GROUP]),
+                &Call::HotReset(addr(2), vec![GROUP])
+            ]
+        );
+    }
+
+    #[test]
+    fn a_hot_reset_is_refused_when_a_device_of_the_scope_is_not_served_here() {
+        let (fake, _sets, h) = edus(false, &[1]);
+        let c = conn();
+        h[0].open(c, A).unwrap();
+        assert_eq!(h[0].reset(A).unwrap_err().errno(), libc::EPERM);
+        h[0].close(c);
+        assert!(hot_resets(&fake.calls()).is_empty(), "nor on last close");
+    }
+
+    #[test]
+    fn the_last_close_of_the_whole_set_hot_resets_it_once() {
+        let (fake, _sets, h) = edus(false, &[1, 2]);
+        let (c1, c2, c3) = (conn(), conn(), conn());
+        h[0].open(c1, A).unwrap();
+        h[1].open(c2, B).unwrap();
+        h[1].open(c3, B).unwrap();
+        h[0].close(c1);
+        assert!(hot_resets(&fake.calls()).is_empty(), "sibling still open");
+        h[1].close(c2);
+        assert!(hot_resets(&fake.calls()).is_empty(), "one open left");
+        h[1].close(c3);
+        assert_eq!(
+            hot_resets(&fake.calls()),
+            [&Call::HotReset(addr(2), vec![GROUP])]
+        );
+    }
+
+    #[test]
+    fn a_device_with_a_function_reset_resets_alone() {
+        let (fake, _sets, h) = edus(true, &[1, 2]);
+        let (c1, c2) = (conn(), conn());
+        h[0].open(c1, A).unwrap();
+        h[1].open(c2, B).unwrap();
+        h[0].reset(A).unwrap(); // B's open of the sibling does not matter
+        h[0].close(c1); // reset on close too, with the sibling still open
+        h[1].close(c2);
+        let calls = fake.calls();
+        let resets = |a| calls.iter().filter(|c| **c == Call::Reset(a)).count();
+        assert_eq!(resets(addr(1)), 2);
+        assert_eq!(resets(addr(2)), 1);
+        assert!(hot_resets(&calls).is_empty(), "function resets sufficed");
+    }
+
+    #[test]
+    fn host_errors_reach_the_client_with_their_errno() {
+        let (fake, _sets, h) = edus(false, &[1, 2]);
+        h[0].open(conn(), A).unwrap();
+        fake.fail(Op::HotReset, libc::EIO);
+        assert_eq!(h[0].reset(A).unwrap_err().errno(), libc::EIO);
+        fake.fail(Op::Read, libc::ENXIO);
+        let mut b = [0u8; 4];
+        let err = h[0].lock().read(BAR0, 0, &mut b).unwrap_err();
+        assert_eq!(err.errno(), libc::ENXIO);
+    }
+
+    #[test]
+    fn region_accesses_pass_through_at_the_region_offset() {
+        let (fake, _sets, h) = edus(false, &[1]);
+        let mut dev = h[0].lock();
+        dev.write(BAR0, 0x10, &0xdead_beef_u32.to_le_bytes())
+            .unwrap();
+        dev.write(CONFIG, 0x04, &[0x06, 0x00]).unwrap();
+        let mut word = [0u8; 4];
+        dev.read(BAR0, 0x10, &mut word).unwrap();
+        assert_eq!(u32::from_le_bytes(word), 0xdead_beef);
+        let mut cmd = [0u8; 2];
+        dev.read(CONFIG, 0x04, &mut cmd).unwrap();
+        assert_eq!(cmd, [0x06, 0x00]);
+        let config_base = u64::from(CONFIG) * FAKE_REGION_STRIDE;
+        assert_eq!(
+            fake.calls(),
+            [
+                Call::Write {
+                    device: addr(1),
+                    offset: 0x10,
+                    data: 0xdead_beef_u32.to_le_bytes().to_vec()
+                },
+                Call::Write {
+                    device: addr(1),
+                    offset: config_base + 0x04,
+                    data: vec![0x06, 0x00]
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn accesses_outside_every_region_are_refused_with_einval() {
+        let (fake, _sets, h) = edus(false, &[1]);
+        let mut dev = h[0].lock();
+        let mut word = [0u8; 4];
+        let hostile = [
+            (BAR0, FAKE_BAR0_SIZE - 2), // straddles the end
+            (BAR0, FAKE_BAR0_SIZE),
+            (BAR0, u64::MAX - 1), // offset + len overflows
+            (CONFIG, FAKE_CONFIG_SIZE),
+            (2, 0),                // absent BAR
+            (ROM_REGION_INDEX, 0), // absent ROM
+            (PCI_NUM_REGIONS, 0),
+            (u32::MAX, 0),
+        ];
+        for (region, offset) in hostile {
+            let r = dev.read(region, offset, &mut word);
+            assert_eq!(
+                r.unwrap_err().errno(),
+                libc::EINVAL,
+                "read {region}+{offset:#x}"
+            );
+            let w = dev.write(region, offset, &word);
+            assert_eq!(
+                w.unwrap_err().errno(),
+                libc::EINVAL,
+                "write {region}+{offset:#x}"
+            );
+        }
+        assert!(fake.calls().is_empty(), "nothing reached the host");
+    }
+
+    #[test]
+    fn mmap_able_bars_are_offered_as_the_device_fd_and_the_rest_trapped() {
+        let fake = FakeVfio::new();
+        fake.add(FakeSpec {
+            bar0_mmap: true,
+            ..FakeSpec::new(addr(3))
+        });
+        let (dev, _) = Passthrough::new(Arc::new(fake)).open(addr(3)).unwrap();
+        let bar0 = dev.region_info(BAR0);
+        assert!(bar0.flags.contains(RegionFlags::MMAP));
+        let mmap = bar0.mmap.expect("mmap backing");
+        assert_eq!(mmap.file_offset, 0);
+        assert_eq!(
+            mmap.areas,
+            [SparseArea {
+                offset: 0,
+                size: FAKE_BAR0_SIZE
+            }]
+        );
+        let config = dev.region_info(CONFIG);
+        assert!(config.mmap.is_none() && !config.flags.contains(RegionFlags::MMAP));
+        assert_eq!(dev.region_info(2).size, 0);
+    }
+
+    #[test]
+    fn the_last_close_stops_bus_mastering() {
+        let (fake, _sets, h) = edus(false, &[1]);
+        let c = conn();
+        h[0].open(c, A).unwrap();
+        h[0].lock().write(CONFIG, 0x04, &[0x06, 0x00]).unwrap();
+        h[0].close(c);
+        let config_base = u64::from(CONFIG) * FAKE_REGION_STRIDE;
+        let last_command_write = fake.calls().into_iter().rev().find_map(|c| match c {
+            Call::Write { offset, data, .. } if offset == config_base + 0x04 => Some(data),
+            _ => None,
+        });
+        assert_eq!(last_command_write, Some(vec![0x02, 0x00]));
+    }
+
+    /// An owned copy of an eventfd, as the framework keeps what a client sent.
+    fn file_of(efd: &EventFd) -> File {
+        // SAFETY: `efd` is open for the duration of this borrow; the copy is a new fd.
+        let fd = unsafe { BorrowedFd::borrow_raw(efd.as_raw_fd()) };
+        File::from(fd.try_clone_to_owned().unwrap())
+    }
+
+    fn set_irqs(h: &DeviceHandle, c: ConnectionId, req: IrqRequest) {
+        let span = req.span();
+        h.interrupts().apply(c, req).unwrap();
+        h.lock().irqs_changed(c, &span).unwrap();
+    }
+
+    #[test]
+    fn client_eventfds_are_handed_to_the_host_device_and_withdrawn() {
+        let (fake, _sets, h) = edus(false, &[1]);
+        let c = conn();
+        h[0].open(c, A).unwrap();
+        let client = EventFd::new(EFD_NONBLOCK).unwrap();
+        let msi = |data, count| IrqRequest {
+            index: IrqIndex::Msi,
+            start: 0,
+            count,
+            action: IrqAction::Trigger,
+            data,
+        };
+        set_irqs(&h[0], c, msi(IrqData::Eventfds(vec![file_of(&client)]), 1));
+        let calls = fake.calls();
+        let Some(Call::SetIrqs(dev, set)) = calls.last() else {
+            panic!("no SET_IRQS reached the host: {calls:?}");
+        };
+        assert_eq!(*dev, addr(1));
+        assert_eq!((set.index, set.start, set.count), (1, 0, 1));
+        let host_fd = set.eventfds.as_ref().unwrap()[0];
+        // The host kernel signals the fd it was given: the client's eventfd fires.
+        // SAFETY: `Interrupts` keeps the forwarded fd open while it is routed.
+        let host_side = unsafe { BorrowedFd::borrow_raw(host_fd) };
+        let mut host_side = File::from(host_side.try_clone_to_owned().unwrap());
+        host_side.write_all(&1u64.to_ne_bytes()).unwrap();
+        assert_eq!(client.read().unwrap(), 1);
+
+        set_irqs(&h[0], c, msi(IrqData::None, 0));
+        let disable = HostIrqSet {
+            index: 1,
+            start: 0,
+            count: 0,
+            action: IrqAction::Trigger,
+            eventfds: None,
+        };
+        assert_eq!(fake.calls().last(), Some(&Call::SetIrqs(addr(1), disable)));
+    }
+
+    #[test]
+    fn intx_unmask_is_forwarded_and_close_disables_routed_interrupts() {
+        let (fake, _sets, h) = edus(false, &[1]);
+        let c = conn();
+        h[0].open(c, A).unwrap();
+        let client = EventFd::new(EFD_NONBLOCK).unwrap();
+        let intx = |action, data| IrqRequest {
+            index: IrqIndex::Intx,
+            start: 0,
+            count: 1,
+            action,
+            data,
+        };
+        set_irqs(
+            &h[0],
+            c,
+            intx(
+                IrqAction::Trigger,
+                IrqData::Eventfds(vec![file_of(&client)]),
+            ),
+        );
+        set_irqs(&h[0], c, intx(IrqAction::Unmask, IrqData::None));
+        let unmask = HostIrqSet {
+            index: 0,
+            start: 0,
+            count: 1,
+            action: IrqAction::Unmask,
+            eventfds: None,
+        };
+        assert_eq!(fake.calls().last(), Some(&Call::SetIrqs(addr(1), unmask)));
+        h[0].close(c);
+        let disabled = fake.calls().into_iter().any(|call| {
+            matches!(
+                call,
+                Call::SetIrqs(
+                    _,
+                    HostIrqSet {
+                        index: 0,
+                        count: 0,
+                        eventfds: None,
+                        ..
+                    }
+                )
+            )
+        });
+        assert!(disabled, "{:?}", fake.calls());
     }
 }

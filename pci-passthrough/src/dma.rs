@@ -14,9 +14,9 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, warn};
-use memmap2::{MmapOptions, MmapRaw};
 use mdev::dma::{DmaMapping, DmaProt};
 use mdev::{ConnectionId, DeviceError};
+use memmap2::{MmapOptions, MmapRaw};
 
 use crate::host::HostVfio;
 
@@ -88,13 +88,25 @@ impl<V: HostVfio> IommuSpace<V> {
             );
             return Ok(());
         };
-        let aligned = |v: u64| v % DMA_PAGE_SIZE == 0;
+        // DMA_PAGE_SIZE is a power of two.
+        let aligned = |v: u64| v & (DMA_PAGE_SIZE - 1) == 0;
         if !aligned(map.iova) || !aligned(map.size) || !aligned(map.file_offset) {
             return Err(DeviceError::InvalidArgument(
                 "DMA map not page aligned for the IOMMU",
             ));
         }
         let backing = Backing::of(file, map)?;
+        // A mapping past the end of the file would fault (SIGBUS) on the first touch.
+        let file_len = file.metadata()?.len();
+        let inside = map
+            .file_offset
+            .checked_add(map.size)
+            .is_some_and(|end| end <= file_len);
+        if !inside {
+            return Err(DeviceError::InvalidArgument(
+                "DMA map reaches past the end of its file",
+            ));
+        }
         let mut windows = self.lock();
         if let Some(w) = windows.get_mut(&map.iova) {
             if w.size == map.size && w.backing == backing {
@@ -156,5 +168,135 @@ impl<V: HostVfio> IommuSpace<V> {
         }
         windows.remove(&map.iova);
         debug!("dma window {:#x} unmapped ({owner})", map.iova);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mdev::SharedMemory;
+
+    use super::*;
+    use crate::fake::{Call, FakeVfio, Op};
+
+    const IOVA: u64 = 0x10_0000;
+    const SIZE: u64 = 4 * DMA_PAGE_SIZE;
+
+    fn space() -> (FakeVfio, IommuSpace<FakeVfio>) {
+        let fake = FakeVfio::new();
+        (fake.clone(), IommuSpace::new(Arc::new(fake)))
+    }
+
+    fn mapping(memory: Option<&SharedMemory>, iova: u64, size: u64) -> DmaMapping {
+        DmaMapping {
+            iova,
+            size,
+            prot: DmaProt::READ | DmaProt::WRITE,
+            file_offset: 0,
+            file: memory.map(|m| m.file().clone()),
+            memory: None,
+        }
+    }
+
+    #[test]
+    fn a_client_map_is_mirrored_to_the_iommu_and_its_unmap_undoes_it() {
+        let (fake, space) = space();
+        let ram = SharedMemory::new("ram", SIZE as usize).unwrap();
+        let c = ConnectionId::next();
+        space.map(c, &mapping(Some(&ram), IOVA, SIZE)).unwrap();
+        assert_eq!(fake.iommu().into_iter().collect::<Vec<_>>(), [(IOVA, SIZE)]);
+        let Some(Call::MapDma { vaddr, prot, .. }) = fake.calls().pop() else {
+            panic!("no IOMMU map");
+        };
+        assert_ne!(vaddr, 0, "mapped into this process first");
+        assert_eq!(prot, DmaProt::READ | DmaProt::WRITE);
+        space.unmap(c, &mapping(Some(&ram), IOVA, SIZE));
+        assert!(fake.iommu().is_empty());
+        assert_eq!(space.windows(), 0);
+        assert_eq!(
+            fake.calls().pop(),
+            Some(Call::UnmapDma {
+                iova: IOVA,
+                size: SIZE
+            })
+        );
+    }
+
+    #[test]
+    fn the_same_memory_announced_for_two_devices_shares_one_window() {
+        let (fake, space) = space();
+        let ram = SharedMemory::new("ram", SIZE as usize).unwrap();
+        let (c1, c2) = (ConnectionId::next(), ConnectionId::next());
+        let m = mapping(Some(&ram), IOVA, SIZE);
+        space.map(c1, &m).unwrap();
+        space.map(c2, &m).unwrap();
+        assert_eq!(space.windows(), 1);
+        space.unmap(c1, &m);
+        assert_eq!(fake.iommu().len(), 1, "c2 still uses the window");
+        space.unmap(c2, &m);
+        assert!(fake.iommu().is_empty());
+        let maps = fake
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::MapDma { .. }))
+            .count();
+        assert_eq!(maps, 1);
+    }
+
+    #[test]
+    fn other_memory_at_a_mapped_iova_is_refused_with_eexist() {
+        let (fake, space) = space();
+        let ram = SharedMemory::new("ram", SIZE as usize).unwrap();
+        let other = SharedMemory::new("other", SIZE as usize).unwrap();
+        space
+            .map(ConnectionId::next(), &mapping(Some(&ram), IOVA, SIZE))
+            .unwrap();
+        let err = space
+            .map(ConnectionId::next(), &mapping(Some(&other), IOVA, SIZE))
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::EEXIST);
+        // Overlapping at another IOVA: the IOMMU itself refuses.
+        let err = space
+            .map(
+                ConnectionId::next(),
+                &mapping(Some(&other), IOVA + DMA_PAGE_SIZE, SIZE),
+            )
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::EEXIST);
+        assert_eq!(fake.iommu().len(), 1);
+    }
+
+    #[test]
+    fn hostile_or_fdless_maps_never_reach_the_iommu() {
+        let (fake, space) = space();
+        let ram = SharedMemory::new("ram", SIZE as usize).unwrap();
+        let c = ConnectionId::next();
+        // No fd: recorded by the framework, nothing to give the IOMMU.
+        space.map(c, &mapping(None, IOVA, SIZE)).unwrap();
+        // Not page aligned.
+        let err = space
+            .map(c, &mapping(Some(&ram), IOVA + 1, SIZE))
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL);
+        // Past the end of the file (touching it would fault).
+        let err = space
+            .map(c, &mapping(Some(&ram), IOVA, 1 << 40))
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL);
+        // An unmap of something never mapped, or by someone else, is ignored.
+        space.unmap(c, &mapping(Some(&ram), IOVA, SIZE));
+        assert!(fake.iommu().is_empty());
+        assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+    }
+
+    #[test]
+    fn an_iommu_error_is_returned_with_its_errno_and_leaves_nothing() {
+        let (fake, space) = space();
+        let ram = SharedMemory::new("ram", SIZE as usize).unwrap();
+        fake.fail(Op::MapDma, libc::ENOMEM);
+        let err = space
+            .map(ConnectionId::next(), &mapping(Some(&ram), IOVA, SIZE))
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::ENOMEM);
+        assert_eq!(space.windows(), 0);
     }
 }

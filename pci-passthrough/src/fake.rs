@@ -119,6 +119,31 @@ impl FakeSpec {
     }
 }
 
+impl FakeSpec {
+    /// A device like [`FakeSpec::new`] whose hot reset also resets `scope` (every device of
+    /// it in IOMMU group `group`, as behind one PCI bridge).
+    pub fn sharing(address: PciAddress, scope: &[PciAddress], group: u32) -> Self {
+        FakeSpec {
+            group,
+            affected: Some(
+                scope
+                    .iter()
+                    .map(|&address| AffectedDevice { address, group })
+                    .collect(),
+            ),
+            ..FakeSpec::new(address)
+        }
+    }
+}
+
+/// The hot resets recorded in `calls`.
+pub fn hot_resets(calls: &[Call]) -> Vec<&Call> {
+    calls
+        .iter()
+        .filter(|c| matches!(c, Call::HotReset(..)))
+        .collect()
+}
+
 #[derive(Default)]
 struct Kernel {
     specs: HashMap<PciAddress, FakeSpec>,
@@ -281,7 +306,8 @@ impl HostDevice for FakeDevice {
         if !self.spec.flr {
             return Err(io::Error::from_raw_os_error(libc::ENOTTY));
         }
-        self.kernel.record(Op::Reset, Call::Reset(self.spec.address))
+        self.kernel
+            .record(Op::Reset, Call::Reset(self.spec.address))
     }
 
     fn hot_reset_info(&self) -> io::Result<Vec<AffectedDevice>> {

@@ -23,7 +23,10 @@ const PCI_COMMAND: u64 = 0x04;
 const PCI_COMMAND_MEMORY_MASTER: u16 = 0x2 | 0x4;
 
 #[derive(Parser)]
-#[command(name = "pci-passthrough", about = "Serve host PCI functions (bound to vfio-pci) over vfio-user")]
+#[command(
+    name = "pci-passthrough",
+    about = "Serve host PCI functions (bound to vfio-pci) over vfio-user"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -75,7 +78,11 @@ fn serve(dir: &Path, addresses: &[PciAddress]) -> Result<(), String> {
         let handle = sets.register(&address.to_string(), Box::new(device), key);
         let path = socket_path(dir, address);
         let server = DeviceServer::bind(&path, handle).map_err(|e| e.to_string())?;
-        println!("{address} {} set={}", path.display(), server.handle().set().name());
+        println!(
+            "{address} {} set={}",
+            path.display(),
+            server.handle().set().name()
+        );
         servers.push(server);
     }
     wait_for_shutdown();

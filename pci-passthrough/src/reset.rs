@@ -199,10 +199,7 @@ mod tests {
 
     #[test]
     fn the_key_is_the_sorted_scope() {
-        assert_eq!(
-            scope_key(&scope()).unwrap().0,
-            "0000:01:01.0,0000:01:02.0"
-        );
+        assert_eq!(scope_key(&scope()).unwrap().0, "0000:01:01.0,0000:01:02.0");
         assert_eq!(scope_key(&[]), None);
     }
 

@@ -114,7 +114,13 @@ impl VfioContainer {
             .into_iter()
             .find(|t| {
                 // SAFETY: VFIO_CHECK_EXTENSION takes an integer argument, no memory.
-                unsafe { libc::ioctl(container.as_raw_fd(), VFIO_CHECK_EXTENSION, *t as libc::c_ulong) > 0 }
+                unsafe {
+                    libc::ioctl(
+                        container.as_raw_fd(),
+                        VFIO_CHECK_EXTENSION,
+                        *t as libc::c_ulong,
+                    ) > 0
+                }
             })
             .ok_or(HostError::Unsupported("no type1 IOMMU"))?;
         info!("VFIO container open (IOMMU type {iommu_type})");
@@ -271,10 +277,14 @@ impl HostVfio for VfioContainer {
             ..Default::default()
         };
         // SAFETY: the kernel reads the struct and writes back the unmapped size into it.
-        let r = unsafe { libc::ioctl(self.container.as_raw_fd(), VFIO_IOMMU_UNMAP_DMA, &mut unmap) };
+        let r =
+            unsafe { libc::ioctl(self.container.as_raw_fd(), VFIO_IOMMU_UNMAP_DMA, &mut unmap) };
         check(r)?;
         if unmap.size != size {
-            debug!("IOMMU unmap of {iova:#x}: {:#x} of {size:#x} bytes", unmap.size);
+            debug!(
+                "IOMMU unmap of {iova:#x}: {:#x} of {size:#x} bytes",
+                unmap.size
+            );
         }
         Ok(())
     }
@@ -442,8 +452,8 @@ impl HostDevice for VfioDevice {
         loop {
             let mut buf = vec![0u32; HOT_RESET_WORDS + count * DEPENDENT_WORDS];
             buf[0] = (buf.len() * size_of::<u32>()) as u32; // argsz
-            // SAFETY: the kernel writes at most argsz bytes into `buf` (a header and `count`
-            // dependent devices), which has exactly that many.
+                                                            // SAFETY: the kernel writes at most argsz bytes into `buf` (a header and `count`
+                                                            // dependent devices), which has exactly that many.
             let r = unsafe {
                 libc::ioctl(
                     self.file.as_raw_fd(),

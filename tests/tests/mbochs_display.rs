@@ -265,11 +265,11 @@ fn closing_one_of_two_connections_keeps_the_framebuffer_and_the_mode() {
     draw_pattern(&mut fb, &mode);
     second.shutdown().expect("close second");
     drop(second);
-    // Wait until the server has processed the close (no sleeping: poll the open count).
+    // Wait until the server has processed the close (poll the open count, bounded).
     let uuid = h.parent.instances()[0].uuid;
-    while h.parent.handle(uuid).map(|d| d.open_count()) != Some(1) {
-        std::thread::yield_now();
-    }
+    wait_until("the server sees the close", || {
+        h.parent.handle(uuid).map(|d| d.open_count()) == Some(1)
+    });
     assert_eq!(h.driver.pool().used(), 16);
     // The remaining connection still drives the device.
     assert_eq!(dispi_read(&mut first, INDEX_XRES), 640);
@@ -283,9 +283,9 @@ fn closing_one_of_two_connections_keeps_the_framebuffer_and_the_mode() {
     drop(fb);
     first.shutdown().unwrap();
     drop(first);
-    while h.parent.handle(uuid).map(|d| d.open_count()) != Some(0) {
-        std::thread::yield_now();
-    }
+    wait_until("the server sees the close", || {
+        h.parent.handle(uuid).map(|d| d.open_count()) == Some(0)
+    });
     let img = snapshot(&socket, &h.dir, "after-last-close.png");
     assert!(
         img.into_raw() == expected,

@@ -10,6 +10,7 @@ use mdev::Device;
 use mdev_display::cli::{snapshot_every, snapshot_once};
 use mdev_display::testing::{draw_pattern, expected_rgb, map_framebuffer_rw, scratch_dir};
 use mdev_display::{DisplayClient, Mode, PixelFormat};
+use mdev_tests::wait_until;
 use mdpy::mode::{FORMAT_OFFSET, HEIGHT_OFFSET, MODE_CAPABILITY_OFFSET, WIDTH_OFFSET};
 use mdpy::types::MdpyType;
 use mdpy::{new_mdpy, ConfigModeReader, MdpyDriver};
@@ -135,9 +136,9 @@ fn closing_one_of_two_connections_keeps_the_framebuffer() {
     drop(fb);
     second.shutdown().unwrap();
     drop(second);
-    while h.parent.handle(uuid).map(|d| d.open_count()) != Some(1) {
-        std::thread::yield_now();
-    }
+    wait_until("the server sees the close", || {
+        h.parent.handle(uuid).map(|d| d.open_count()) == Some(1)
+    });
     // The survivor still draws, and the picture the closed one drew is still there.
     let mut fb = map_framebuffer_rw(&first).expect("map");
     fb[4..8].copy_from_slice(&PixelFormat::Xrgb8888.from_rgb([9, 8, 7]));
@@ -149,9 +150,9 @@ fn closing_one_of_two_connections_keeps_the_framebuffer() {
     drop(fb);
     first.shutdown().unwrap();
     drop(first);
-    while h.parent.handle(uuid).map(|d| d.open_count()) != Some(0) {
-        std::thread::yield_now();
-    }
+    wait_until("the server sees the close", || {
+        h.parent.handle(uuid).map(|d| d.open_count()) == Some(0)
+    });
     let img = snapshot(&socket, &h.dir, "after-last-close.png");
     assert!(
         img.into_raw() == expected,

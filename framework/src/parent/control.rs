@@ -75,7 +75,7 @@ fn handle(parent: &Parent, req: Request) -> serde_json::Value {
             params,
         } => parent
             .create(&type_name, uuid, &params)
-            .map(|i| serde_json::to_value(i)),
+            .map(serde_json::to_value),
         Request::Remove { uuid, force } => parent
             .remove(uuid, force)
             .map(|()| Ok(serde_json::Value::Null)),

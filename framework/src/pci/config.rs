@@ -384,7 +384,7 @@ impl PciConfig {
     pub fn capability_offset(&self, id: u8) -> Option<usize> {
         let mut off = self.bytes[PCI_CAPABILITY_LIST] as usize;
         let mut hops = 0;
-        while off >= PCI_CAP_START && off < PCI_CONFIG_SPACE_SIZE - 1 && hops < 48 {
+        while (PCI_CAP_START..PCI_CONFIG_SPACE_SIZE - 1).contains(&off) && hops < 48 {
             if self.bytes[off] == id {
                 return Some(off);
             }

@@ -74,13 +74,13 @@ impl Mapping {
     }
 
     fn write32(&self, at: usize, v: u32) {
-        assert!(at % 4 == 0 && at + 4 <= self.len);
+        assert!(at.is_multiple_of(4) && at + 4 <= self.len);
         // SAFETY: in bounds and aligned (checked above); volatile because this is device memory.
         unsafe { std::ptr::write_volatile(self.ptr.add(at).cast::<u32>(), v) }
     }
 
     fn read32(&self, at: usize) -> u32 {
-        assert!(at % 4 == 0 && at + 4 <= self.len);
+        assert!(at.is_multiple_of(4) && at + 4 <= self.len);
         // SAFETY: as in `write32`.
         unsafe { std::ptr::read_volatile(self.ptr.add(at).cast::<u32>()) }
     }

@@ -1,0 +1,224 @@
+//! The mtty PCI function: the kernel sample's identity (a WCH CH352 so the guest's stock
+//! `8250_pci` binds), one 8-byte I/O BAR per port, INTx and one MSI vector.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Weak};
+
+use mdev::parent::Reservation;
+use mdev::pci::{BarKind, BarSpec, CommandRegister, PciConfig, PciIdentity, StatusRegister};
+use mdev::region::CONFIG_REGION_INDEX;
+use mdev::{Device, DeviceError, Interrupts, RegionInfo, SetContext};
+
+use crate::card::{Card, Line, Port};
+use crate::console::{self, Console, ConsoleSpec, PortKick};
+use crate::uart::REGISTER_COUNT;
+
+/// Vendor id (WCH).
+pub const VENDOR_ID: u16 = 0x4348;
+/// Device id (CH352 2S).
+pub const DEVICE_ID: u16 = 0x3253;
+/// Revision.
+pub const REVISION: u8 = 0x10;
+/// Class: simple communication controller.
+pub const CLASS_SERIAL: u8 = 0x07;
+/// Subclass: serial controller.
+pub const SUBCLASS_SERIAL: u8 = 0x00;
+/// Programming interface: 16550-compatible.
+pub const PROG_IF_16550: u8 = 0x02;
+/// Size of each port's I/O BAR.
+pub const PORT_BAR_SIZE: u64 = REGISTER_COUNT;
+/// Size of the config-space region.
+pub const CONFIG_SPACE_SIZE: u64 = 256;
+
+/// The config space of a card with `ports` ports.
+pub fn mtty_config(ports: usize) -> Result<PciConfig, DeviceError> {
+    let mut config = PciConfig::new(&PciIdentity {
+        vendor_id: VENDOR_ID,
+        device_id: DEVICE_ID,
+        subsystem_vendor_id: VENDOR_ID,
+        subsystem_id: DEVICE_ID,
+        revision: REVISION,
+        class: CLASS_SERIAL,
+        subclass: SUBCLASS_SERIAL,
+        prog_if: PROG_IF_16550,
+        interrupt_pin: 1,
+        command: CommandRegister::IO,
+        status: StatusRegister::FAST_BACK,
+    });
+    for bar in 0..ports {
+        config.add_bar(
+            bar,
+            BarSpec {
+                size: PORT_BAR_SIZE,
+                kind: BarKind::Io,
+                prefetchable: false,
+            },
+        )?;
+    }
+    Ok(config)
+}
+
+/// An mtty card.
+pub struct MttyDevice {
+    name: String,
+    config: PciConfig,
+    // Declared before `consoles`: the card (and with it the device's channel ends) drops
+    // first, so console threads see the device gone and exit before they are joined.
+    card: Arc<Card>,
+    consoles: Vec<Console>,
+    interrupts: Arc<Interrupts>,
+    _reservation: Option<Reservation>,
+}
+
+impl MttyDevice {
+    /// A card named `name` with one port per console spec, holding `reservation` (its
+    /// ports in the budget) until it drops. Nothing is left running on failure.
+    pub fn new(
+        name: &str,
+        consoles: &[ConsoleSpec],
+        reservation: Option<Reservation>,
+    ) -> Result<Self, DeviceError> {
+        let config = mtty_config(consoles.len())?;
+        let interrupts = Arc::new(Interrupts::new(true, 1, 0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut hosts = Vec::new();
+        let card = Arc::new_cyclic(|weak: &Weak<Card>| {
+            let kick: Weak<dyn PortKick> = weak.clone();
+            let ports = consoles
+                .iter()
+                .enumerate()
+                .map(|(i, spec)| match spec {
+                    ConsoleSpec::Loopback => Port::new(Line::Loopback),
+                    _ => {
+                        let (guest, host) = console::link(kick.clone(), i, stop.clone());
+                        hosts.push((i, spec.clone(), host));
+                        Port::new(Line::Console {
+                            link: guest,
+                            held: None,
+                        })
+                    }
+                })
+                .collect();
+            Card::new(ports, interrupts.clone())
+        });
+        let mut running = Vec::new();
+        for (i, spec, host) in hosts {
+            let label = format!("{name} port{i}");
+            match console::start(&spec, host, &label) {
+                Ok(Some(c)) => {
+                    log::info!("{label}: {}", c.description());
+                    running.push(c);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    log::error!("{label}: {e}");
+                    return Err(console_error(e));
+                }
+            }
+        }
+        Ok(MttyDevice {
+            name: name.to_string(),
+            config,
+            card,
+            consoles: running,
+            interrupts,
+            _reservation: reservation,
+        })
+    }
+
+    /// The ports (for tests and tools in this process).
+    pub fn card(&self) -> &Arc<Card> {
+        &self.card
+    }
+
+    /// What each non-loopback port is connected to.
+    pub fn consoles(&self) -> Vec<String> {
+        self.consoles
+            .iter()
+            .map(|c| c.description().to_string())
+            .collect()
+    }
+
+    fn port_count(&self) -> usize {
+        self.card.lock().len()
+    }
+}
+
+fn console_error(e: console::ConsoleError) -> DeviceError {
+    match e.errno() {
+        libc::EINVAL => DeviceError::InvalidArgument("bad console"),
+        libc::EBUSY => DeviceError::Busy("console in use"),
+        errno => DeviceError::Io(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
+impl Device for MttyDevice {
+    fn region_info(&self, index: u32) -> RegionInfo {
+        match index {
+            CONFIG_REGION_INDEX => RegionInfo::trapped(CONFIG_SPACE_SIZE),
+            i if (i as usize) < self.port_count() => RegionInfo::trapped(PORT_BAR_SIZE),
+            _ => RegionInfo::absent(),
+        }
+    }
+
+    fn interrupts(&self) -> &Arc<Interrupts> {
+        &self.interrupts
+    }
+
+    fn read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+        if region == CONFIG_REGION_INDEX {
+            self.config.set_interrupt_status(self.card.line());
+            self.config.read(offset, data);
+            return Ok(());
+        }
+        // A wider access is a run of byte accesses, as a bus splits it for a byte-wide part.
+        let done = self.card.with_port(region as usize, |uart| {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = match u8::try_from(offset + i as u64) {
+                    Ok(off) => uart.read(off),
+                    Err(_) => 0xff,
+                };
+            }
+        });
+        if done.is_none() {
+            data.fill(0xff);
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        if region == CONFIG_REGION_INDEX {
+            self.config.write(offset, data);
+            return Ok(());
+        }
+        let _ = self.card.with_port(region as usize, |uart| {
+            for (i, &b) in data.iter().enumerate() {
+                if let Ok(off) = u8::try_from(offset + i as u64) {
+                    uart.write(off, b);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn open_device(&mut self, _ctx: &SetContext) -> Result<(), DeviceError> {
+        // Port state is the card's: a second client, or one reattaching, finds it as it was.
+        log::debug!("{}: first open", self.name);
+        Ok(())
+    }
+
+    fn close_device(&mut self, _ctx: &SetContext) {
+        log::debug!("{}: last close; port state kept", self.name);
+    }
+
+    fn reset(&mut self, _ctx: &SetContext) -> Result<(), DeviceError> {
+        log::info!("{}: device reset", self.name);
+        self.config.reset();
+        self.card.reset();
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}

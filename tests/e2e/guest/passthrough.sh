@@ -1,0 +1,80 @@
+# Guest body for tests/e2e/passthrough: two QEMU `edu` functions behind one PCI bridge, an
+# emulated IOMMU; the guest binds both to vfio-pci, serves them with `pci-passthrough serve`
+# and drives them over vfio-user with `edu-client`:
+#   - the server reports both functions in ONE device set (their shared secondary-bus reset);
+#   - per function: config id, bus master, BAR0 ident, liveness, factorial, MSI on an eventfd,
+#     a DMA round trip through the (guest's) IOMMU into the client's memory;
+#   - reset rules: with the sibling held open by another client, the set's hot reset is refused
+#     (EBUSY); once that client is gone it is done;
+#   - the server exits 0 on SIGTERM and logs no panic.
+
+EDU_ID=1234:11e8
+PT_DIR=/run/pt
+CHECKS="config-id bus-master ident liveness factorial msi dma"
+
+e2e_info "pci devices (bdf id class driver):"
+pci_devices
+
+# --- both edu functions on vfio-pci ---------------------------------------------------------
+set -- $(pci_find "$EDU_ID")
+e2e_check edu-two-present test $# -eq 2
+[ $# -eq 2 ] || exit 1
+a=${1##*/} b=${2##*/}
+e2e_info "edu functions: $a $b, IOMMU groups $(basename "$(readlink "$1/iommu_group")") $(basename "$(readlink "$2/iommu_group")")"
+load_module vfio_iommu_type1
+e2e_check edu-a-vfio-bound bind_vfio "$a"
+e2e_check edu-b-vfio-bound bind_vfio "$b"
+group=$(basename "$(readlink "/sys/bus/pci/devices/$a/iommu_group")")
+e2e_check vfio-group-node wait_for "/dev/vfio/$group" 10
+
+# --- the server -----------------------------------------------------------------------------
+pci-passthrough serve --dir "$PT_DIR" "$a" "$b" >/tmp/pt.out 2>/tmp/pt.err &
+server=$!
+sock_a=$PT_DIR/$a.sock sock_b=$PT_DIR/$b.sock
+both_listed() { [ "$(grep -c ' set=' /tmp/pt.out)" -ge 2 ]; }
+wait_listed() { _t=100; while ! both_listed && [ $_t -gt 0 ]; do sleep 0.1; _t=$((_t - 1)); done; both_listed; }
+if ! wait_listed || [ ! -S "$sock_a" ] || [ ! -S "$sock_b" ]; then
+  e2e_fail server-listening "sockets not up; stdout: $(tr '\n' ' ' </tmp/pt.out) stderr: $(tail -n 5 /tmp/pt.err | tr '\n' ' ')"
+  exit 1
+fi
+e2e_pass server-listening
+e2e_info "server: $(tr '\n' ';' </tmp/pt.out)"
+# Lines are "ADDRESS SOCKET set=KEY": one key for both, naming both functions.
+key_a=$(grep "^$a " /tmp/pt.out | sed -n 's/.* set=//p')
+key_b=$(grep "^$b " /tmp/pt.out | sed -n 's/.* set=//p')
+e2e_info "set keys: $a -> '$key_a', $b -> '$key_b'"
+e2e_check one-device-set test -n "$key_a" -a "$key_a" = "$key_b"
+e2e_check set-key-names-both sh -c "case ',$key_a,' in *,$a,*) ;; *) exit 1 ;; esac; case ',$key_a,' in *,$b,*) ;; *) exit 1 ;; esac"
+
+# --- every check through vfio-user, one function after the other ------------------------------
+# run_client TAG SOCKET: edu-client's PASS/FAIL lines become pt-TAG-<check> markers.
+run_client() {
+  _tag=$1 _sock=$2
+  edu-client vfio-user "$_sock" >/tmp/client-$_tag.out 2>&1; _rc=$?
+  sed "s/^/E2E-INFO edu-client $_tag: /" /tmp/client-$_tag.out
+  for _c in $CHECKS; do
+    e2e_check "pt-$_tag-$_c" grep -q "^PASS $_c: " /tmp/client-$_tag.out
+  done
+  e2e_check "pt-$_tag-client-exit" test "$_rc" -eq 0
+}
+run_client a "$sock_a"
+run_client b "$sock_b"
+
+# --- reset rules: the two functions share one hot reset ---------------------------------------
+edu-client hold "$sock_b" >/tmp/hold.out 2>&1 &
+holder=$!
+holding() { grep -q '^HOLD ' /tmp/hold.out; }
+_t=100; while ! holding && [ $_t -gt 0 ]; do sleep 0.1; _t=$((_t - 1)); done
+e2e_check hold-b-open holding
+e2e_check reset-a-busy-while-b-held edu-client reset "$sock_a" --expect busy
+kill "$holder"; wait "$holder" 2>/dev/null
+e2e_check reset-a-ok-after-release edu-client reset "$sock_a" --expect ok
+
+# --- the server stops cleanly -------------------------------------------------------------------
+kill -TERM "$server"
+_t=100; while kill -0 "$server" 2>/dev/null && [ $_t -gt 0 ]; do sleep 0.1; _t=$((_t - 1)); done
+kill -0 "$server" 2>/dev/null && { e2e_fail server-stops "still running 10 s after SIGTERM"; kill -9 "$server"; }
+wait "$server"; rc=$?
+e2e_check server-exit-0 test "$rc" -eq 0
+e2e_info "server log: $(grep -v '^$' /tmp/pt.err | tail -n 20 | tr '\n' ';')"
+e2e_check server-no-panic sh -c "! grep -q panicked /tmp/pt.err"
