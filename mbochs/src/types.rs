@@ -44,6 +44,10 @@ pub struct MbochsType {
     pub preferred: Resolution,
 }
 
+/// The largest mode the bochs DISPI interface describes (what GETCAPS reports for a type
+/// without its own limit; QEMU's VBE uses the same bounds).
+pub const DISPI_MAX_RESOLUTION: Resolution = Resolution::new(16000, 12000);
+
 /// The largest mode the EDID of a type without a resolution limit advertises.
 pub const UNLIMITED_EDID_MAX: Resolution = Resolution::new(2560, 1600);
 
@@ -85,9 +89,9 @@ impl MbochsType {
         self.mbytes * MIB
     }
 
-    /// The largest mode scanned out, with "no limit" as the registers' range.
+    /// The largest mode scanned out, with "no limit" as the DISPI interface's range.
     pub fn max_resolution(&self) -> Resolution {
-        self.max.unwrap_or(Resolution::new(u16::MAX, u16::MAX))
+        self.max.unwrap_or(DISPI_MAX_RESOLUTION)
     }
 
     /// The largest mode the EDID lists.

@@ -7,7 +7,7 @@ use mdev_display::{ClientError, Mode, ModeReader, RegisterSource};
 use crate::dispi::{DispiRegisters, DISPI_REGISTERS, INDEX_VIDEO_MEMORY_64K, VIDEO_MEMORY_UNIT};
 use crate::mmio::{DISPI_LEN, DISPI_OFFSET, ENDIAN_BIG, QEXT_ENDIAN_OFFSET};
 use crate::scanout::{current_scanout, FramebufferEndianness, ScanoutLimits};
-use crate::types::{MbochsType, Resolution};
+use crate::types::{MbochsType, DISPI_MAX_RESOLUTION};
 
 /// Reads the scan-out of an mbochs device from its registers.
 #[derive(Clone, Copy, Debug, Default)]
@@ -34,10 +34,8 @@ impl ModeReader for DispiModeReader {
         let memory = (u64::from(dispi.value(INDEX_VIDEO_MEMORY_64K)) * VIDEO_MEMORY_UNIT)
             .min(framebuffer_len);
         // The type follows from the memory size; an unknown size is judged by memory alone.
-        let max = MbochsType::by_memory(memory).map_or(
-            Resolution::new(u16::MAX, u16::MAX),
-            MbochsType::max_resolution,
-        );
+        let max =
+            MbochsType::by_memory(memory).map_or(DISPI_MAX_RESOLUTION, MbochsType::max_resolution);
         Ok(current_scanout(
             &dispi,
             endianness,

@@ -1,7 +1,7 @@
 //! `sock-chat PATH [TIMEOUT_SECS]`: a byte pipe between stdin/stdout and the UNIX socket PATH
 //! (connecting as soon as it exists, retrying until TIMEOUT_SECS, default 60): what arrives on
 //! the socket goes to stdout, stdin goes to the socket. The end-to-end test's host side of a
-//! serial console, run as a shell coprocess. Exits when either side closes.
+//! serial console, run as a shell coprocess. Exits when the socket closes.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -36,12 +36,13 @@ fn main() -> ExitCode {
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
         let mut buf = [0u8; 1024];
+        // At the end of stdin just stop sending: a console peer may take a half-close for a
+        // hang-up, and the output is still wanted.
         while let Ok(n) = stdin.read(&mut buf) {
             if n == 0 || to_sock.write_all(&buf[..n]).is_err() {
                 break;
             }
         }
-        let _ = to_sock.shutdown(std::net::Shutdown::Write);
     });
     let mut from_sock = sock;
     let mut stdout = std::io::stdout().lock();
