@@ -1,7 +1,9 @@
 //! Throughput through one mtty port, printed (not asserted): THR writes echoed back on RBR
 //! in loopback, one REGION_WRITE and one REGION_READ per byte; and guest bytes through the
-//! socket console to a host reader. Every byte is checked.
+//! socket console to a host reader. Every byte is checked. Run with
+//! `cargo bench -p mdev-tests --bench mtty_throughput`.
 
+#[path = "../tests/mtty_guest/mod.rs"]
 mod mtty_guest;
 
 use std::time::Instant;
@@ -10,8 +12,7 @@ use mtty::uart::{Ier, LSR, RBR_THR};
 use mtty_guest::{init_port, read_exactly, reg, set_reg, Harness};
 use vfio_user::Client;
 
-#[test]
-fn loopback_and_socket_throughput() {
+fn main() {
     let h = Harness::new(24);
     let console = h.dir.join("bench.sock");
     let info = h.create(
