@@ -9,11 +9,11 @@ mod mtty_guest;
 use std::time::Instant;
 
 use mtty::uart::{Ier, LSR, RBR_THR};
-use mtty_guest::{init_port, read_exactly, reg, set_reg, Harness};
+use mtty_guest::{harness, init_port, read_exactly, reg, set_reg};
 use vfio_user::Client;
 
 fn main() {
-    let h = Harness::new(24);
+    let h = harness(24);
     let console = h.dir.join("bench.sock");
     let info = h.create(
         "mtty-2",

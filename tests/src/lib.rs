@@ -2,10 +2,12 @@
 //! recorded, a scratch directory, and a raw vfio-user client for sending malformed messages
 //! that a well-behaved client never would.
 
+pub mod parent_harness;
 pub mod probe_device;
 pub mod raw_client;
 pub mod scratch;
 
+pub use parent_harness::ParentHarness;
 pub use probe_device::{HookEvent, HookLog, ProbeDevice, ProbeOptions, Rendezvous};
 pub use raw_client::RawClient;
 pub use scratch::ScratchDir;

@@ -314,3 +314,39 @@ impl Device for ProbeDevice {
         format!("probe {}", self.name)
     }
 }
+
+/// A probe device registered in a [`DeviceSets`] and served on `DIR/NAME.sock`.
+pub struct ServedProbe {
+    /// The server (dropping it stops serving).
+    pub server: mdev::server::DeviceServer,
+    /// Its socket.
+    pub path: std::path::PathBuf,
+}
+
+impl ServedProbe {
+    /// The device's handle (open count, interrupts, set).
+    pub fn handle(&self) -> &Arc<mdev::device_set::DeviceHandle> {
+        self.server.handle()
+    }
+}
+
+/// Registers a probe device `name` in `sets` (in the set `key`, a singleton set without one),
+/// recording into `log`, and serves it on `dir/NAME.sock`.
+pub fn serve_probe(
+    sets: &mdev::device_set::DeviceSets,
+    dir: &std::path::Path,
+    name: &str,
+    log: &HookLog,
+    opts: ProbeOptions,
+    key: Option<&str>,
+) -> ServedProbe {
+    let dev = ProbeDevice::new(name, log.clone(), opts);
+    let handle = sets.register(
+        name,
+        Box::new(dev),
+        key.map(mdev::device_set::DeviceSetKey::from),
+    );
+    let path = dir.join(format!("{name}.sock"));
+    let server = mdev::server::DeviceServer::bind(&path, handle).expect("bind");
+    ServedProbe { server, path }
+}

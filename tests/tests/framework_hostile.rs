@@ -9,9 +9,8 @@ use mdev::server::DeviceServer;
 use mdev::wire::{
     self, Command, Header, RegionAccessMsg, HEADER_SIZE, MAX_DATA_XFER_SIZE, MAX_MESSAGE_SIZE,
 };
-use mdev_tests::{
-    init_logging, wait_until, HookLog, ProbeDevice, ProbeOptions, RawClient, ScratchDir,
-};
+use mdev_tests::probe_device::serve_probe;
+use mdev_tests::{init_logging, wait_until, HookLog, ProbeOptions, RawClient, ScratchDir};
 use vm_memory::ByteValued;
 
 const EINVAL: u32 = libc::EINVAL as u32;
@@ -28,17 +27,8 @@ fn fixture() -> Fixture {
     let dir = ScratchDir::new("hostile");
     let log = HookLog::default();
     let sets = DeviceSets::new();
-    let h = sets.register(
-        "dev",
-        Box::new(ProbeDevice::new(
-            "dev",
-            log.clone(),
-            ProbeOptions::default(),
-        )),
-        None,
-    );
-    let path = dir.join("dev.sock");
-    let server = DeviceServer::bind(&path, h).unwrap();
+    let served = serve_probe(&sets, &dir, "dev", &log, ProbeOptions::default(), None);
+    let (server, path) = (served.server, served.path);
     Fixture {
         _dir: dir,
         server,

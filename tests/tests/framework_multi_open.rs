@@ -5,27 +5,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use mdev::device_set::{DeviceHandle, DeviceSetKey, DeviceSets};
-use mdev::server::DeviceServer;
+use mdev::device_set::DeviceSets;
 use mdev::IrqIndex;
-use mdev_tests::probe_device::REG_IRQ_LINE;
+use mdev_tests::probe_device::{serve_probe, ServedProbe, REG_IRQ_LINE};
 use mdev_tests::{
     init_logging, wait_until, HookEvent, HookLog, ProbeDevice, ProbeOptions, RawClient, Rendezvous,
     ScratchDir,
 };
 use vfio_user::Client;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-
-struct Served {
-    server: DeviceServer,
-    path: std::path::PathBuf,
-}
-
-impl Served {
-    fn handle(&self) -> &Arc<DeviceHandle> {
-        self.server.handle()
-    }
-}
 
 fn serve(
     sets: &DeviceSets,
@@ -34,12 +22,8 @@ fn serve(
     log: &HookLog,
     opts: ProbeOptions,
     key: Option<&str>,
-) -> Served {
-    let dev = ProbeDevice::new(name, log.clone(), opts);
-    let handle = sets.register(name, Box::new(dev), key.map(DeviceSetKey::from));
-    let path = dir.join(&format!("{name}.sock"));
-    let server = DeviceServer::bind(&path, handle).expect("bind");
-    Served { server, path }
+) -> ServedProbe {
+    serve_probe(sets, dir, name, log, opts, key)
 }
 
 fn concurrent_opens_call_open_device_once(n: usize) {
@@ -346,7 +330,7 @@ fn shutting_the_server_down_closes_every_connection() {
     let s = serve(&sets, &dir, "dev", &log, ProbeOptions::default(), None);
     let clients: Vec<_> = (0..4).map(|_| Client::new(&s.path).unwrap()).collect();
     let path = s.path.clone();
-    let Served { server, .. } = s;
+    let ServedProbe { server, .. } = s;
     server.shutdown();
     assert_eq!(log.closes("dev"), 1);
     assert!(!path.exists(), "socket file removed");

@@ -8,7 +8,7 @@ use mdev::region::CONFIG_REGION_INDEX;
 use mdev::server::DeviceServer;
 use mdev::{IrqIndex, SharedMemory};
 use mdev_tests::probe_device::{
-    MEM_BAR_SIZE, PROBE_DEVICE, PROBE_VENDOR, REG_BAR_SIZE, REG_IRQ_LINE,
+    serve_probe, MEM_BAR_SIZE, PROBE_DEVICE, PROBE_VENDOR, REG_BAR_SIZE, REG_IRQ_LINE,
 };
 use mdev_tests::{init_logging, wait_until, HookLog, ProbeDevice, ProbeOptions, ScratchDir};
 use vfio_user::Client;
@@ -19,18 +19,15 @@ const DATA_NONE_TRIGGER: u32 = 0x21;
 const DATA_NONE_UNMASK: u32 = 0x11;
 
 fn serve(dir: &ScratchDir, log: &HookLog) -> (DeviceServer, std::path::PathBuf) {
-    let sets = DeviceSets::new();
-    let h = sets.register(
+    let s = serve_probe(
+        &DeviceSets::new(),
+        dir,
         "dev",
-        Box::new(ProbeDevice::new(
-            "dev",
-            log.clone(),
-            ProbeOptions::default(),
-        )),
+        log,
+        ProbeOptions::default(),
         None,
     );
-    let path = dir.join("dev.sock");
-    (DeviceServer::bind(&path, h).unwrap(), path)
+    (s.server, s.path)
 }
 
 fn cfg_read32(c: &mut Client, off: u64) -> u32 {

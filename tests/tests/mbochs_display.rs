@@ -2,8 +2,7 @@
 //! 16-bit MMIO writes, pixels drawn through the mapped BAR0 and seen in a PNG snapshot, the
 //! framebuffer pool, and the multi-open rules.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use mbochs::dispi::{
     DispiEnable, DISPI_ID5, INDEX_BPP, INDEX_ENABLE, INDEX_ID, INDEX_VIDEO_MEMORY_64K,
@@ -19,42 +18,16 @@ use mdev::parent::{Budget, CreateParams, Parent};
 use mdev::region::{BAR2_REGION_INDEX, CONFIG_REGION_INDEX};
 use mdev::Device;
 use mdev_display::cli::snapshot_once;
-use mdev_display::testing::{draw_pattern, expected_rgb, map_framebuffer_rw, scratch_dir};
+use mdev_display::testing::{draw_pattern, expected_rgb, map_framebuffer_rw};
 use mdev_display::{DisplayClient, Mode, PixelFormat};
-use mdev_tests::{wait_until, RawClient};
+use mdev_tests::{wait_until, ParentHarness, RawClient};
 use vfio_user::Client;
 
-struct Harness {
-    driver: Arc<MbochsDriver>,
-    parent: Arc<Parent>,
-    dir: PathBuf,
-}
+type Harness = ParentHarness<MbochsDriver>;
 
-impl Harness {
-    fn new(max_mbytes: u64) -> Self {
-        let driver = Arc::new(MbochsDriver::new(max_mbytes));
-        let dir = scratch_dir("mbochs-test");
-        let parent = Parent::new(driver.clone(), &dir).expect("parent");
-        Harness {
-            driver,
-            parent,
-            dir,
-        }
-    }
-
-    fn create(&self, type_name: &str) -> PathBuf {
-        self.parent
-            .create(type_name, None, &CreateParams::new())
-            .expect("create")
-            .socket
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.parent.shutdown();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A parent for the driver with the given budget.
+fn harness(budget: u64) -> Harness {
+    ParentHarness::new(MbochsDriver::new(budget), "mbochs-test")
 }
 
 fn dispi_write(c: &mut Client, index: usize, value: u16) {
@@ -99,8 +72,8 @@ fn snapshot(socket: &Path, dir: &Path, name: &str) -> image::RgbImage {
 
 #[test]
 fn the_linux_driver_finds_a_bochs_display() {
-    let h = Harness::new(256);
-    let socket = h.create("medium");
+    let h = harness(256);
+    let socket = h.socket("medium");
     let mut c = Client::new(&socket).expect("connect");
     let mut id = [0u8; 12];
     c.region_read(CONFIG_REGION_INDEX, 0, &mut id)
@@ -138,8 +111,8 @@ fn the_linux_driver_finds_a_bochs_display() {
 
 #[test]
 fn a_1024x768x32_mode_snapshots_exactly_what_was_drawn() {
-    let h = Harness::new(256);
-    let socket = h.create("medium");
+    let h = harness(256);
+    let socket = h.socket("medium");
     let mut guest = Client::new(&socket).expect("connect");
     set_mode(&mut guest, 1024, 768, 32);
     let mode = Mode::packed(PixelFormat::Xrgb8888, 1024, 768);
@@ -152,8 +125,8 @@ fn a_1024x768x32_mode_snapshots_exactly_what_was_drawn() {
 
 #[test]
 fn sixteen_and_twenty_four_bit_modes_convert() {
-    let h = Harness::new(256);
-    let socket = h.create("small");
+    let h = harness(256);
+    let socket = h.socket("small");
     let mut guest = Client::new(&socket).expect("connect");
     let mut fb = map_framebuffer_rw(&guest).expect("map");
     for (bpp, format) in [(16, PixelFormat::Rgb565), (24, PixelFormat::Rgb888)] {
@@ -171,8 +144,8 @@ fn sixteen_and_twenty_four_bit_modes_convert() {
 
 #[test]
 fn a_mode_past_the_type_limit_scans_nothing_out() {
-    let h = Harness::new(256);
-    let socket = h.create("small");
+    let h = harness(256);
+    let socket = h.socket("small");
     let mut guest = Client::new(&socket).expect("connect");
     set_mode(&mut guest, 1024, 768, 32);
     let mut viewer = DisplayClient::connect(&socket, Box::new(DispiModeReader)).expect("viewer");
@@ -189,7 +162,7 @@ fn a_mode_past_the_type_limit_scans_nothing_out() {
 
 #[test]
 fn the_pool_is_taken_at_create_and_returned_exactly() {
-    let h = Harness::new(40);
+    let h = harness(40);
     let pool = h.driver.pool().clone();
     let a = h
         .parent
@@ -234,7 +207,7 @@ fn the_pool_is_taken_at_create_and_returned_exactly() {
 
 #[test]
 fn a_create_that_fails_after_taking_memory_gives_it_back() {
-    let h = Harness::new(64);
+    let h = harness(64);
     let pool = h.driver.pool().clone();
     // A directory where the socket should go makes serving fail after the driver created
     // the device (and took its megabytes).
@@ -255,8 +228,8 @@ fn a_create_that_fails_after_taking_memory_gives_it_back() {
 
 #[test]
 fn closing_one_of_two_connections_keeps_the_framebuffer_and_the_mode() {
-    let h = Harness::new(256);
-    let socket = h.create("medium");
+    let h = harness(256);
+    let socket = h.socket("medium");
     let mut first = Client::new(&socket).expect("first");
     let second = Client::new(&socket).expect("second");
     set_mode(&mut first, 640, 480, 32);
@@ -330,7 +303,7 @@ fn availability(parent: &Parent) -> Vec<(String, u64)> {
 
 #[test]
 fn the_pool_returns_to_its_start_after_opens_closes_crashes_and_failures() {
-    let h = Harness::new(256);
+    let h = harness(256);
     let pool = h.driver.pool().clone();
     let start = availability(&h.parent);
     let none = CreateParams::new;
@@ -434,8 +407,8 @@ fn the_pool_returns_to_its_start_after_opens_closes_crashes_and_failures() {
 
 #[test]
 fn hostile_region_accesses_over_the_wire_fail_cleanly() {
-    let h = Harness::new(256);
-    let socket = h.create("small");
+    let h = harness(256);
+    let socket = h.socket("small");
     let mut c = Client::new(&socket).expect("connect");
     let fb_len = c.region(0).expect("bar0").size;
     // Straddling the end, past the end, wrapping the offset, regions that do not exist:

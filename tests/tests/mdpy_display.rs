@@ -1,52 +1,26 @@
 //! mdpy through vfio-user: identity and the read-only mode capability, pixels drawn through
 //! the mapped BAR0 and seen in a PNG snapshot, the device budget, and the multi-open rules.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
-use mdev::parent::{Budget, CreateParams, Parent};
+use mdev::parent::{Budget, CreateParams};
 use mdev::region::CONFIG_REGION_INDEX;
 use mdev::Device;
 use mdev_display::cli::{snapshot_every, snapshot_once};
-use mdev_display::testing::{draw_pattern, expected_rgb, map_framebuffer_rw, scratch_dir};
+use mdev_display::testing::{draw_pattern, expected_rgb, map_framebuffer_rw};
 use mdev_display::{DisplayClient, Mode, PixelFormat};
 use mdev_tests::wait_until;
+use mdev_tests::ParentHarness;
 use mdpy::mode::{FORMAT_OFFSET, HEIGHT_OFFSET, MODE_CAPABILITY_OFFSET, WIDTH_OFFSET};
 use mdpy::types::MdpyType;
 use mdpy::{new_mdpy, ConfigModeReader, MdpyDriver};
 use vfio_user::Client;
 
-struct Harness {
-    driver: Arc<MdpyDriver>,
-    parent: Arc<Parent>,
-    dir: PathBuf,
-}
+type Harness = ParentHarness<MdpyDriver>;
 
-impl Harness {
-    fn new(max_devices: u64) -> Self {
-        let driver = Arc::new(MdpyDriver::new(max_devices));
-        let dir = scratch_dir("mdpy-test");
-        let parent = Parent::new(driver.clone(), &dir).expect("parent");
-        Harness {
-            driver,
-            parent,
-            dir,
-        }
-    }
-
-    fn create(&self, type_name: &str) -> PathBuf {
-        self.parent
-            .create(type_name, None, &CreateParams::new())
-            .expect("create")
-            .socket
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.parent.shutdown();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A parent for the driver with the given budget.
+fn harness(budget: u64) -> Harness {
+    ParentHarness::new(MdpyDriver::new(budget), "mdpy-test")
 }
 
 fn config_u32(c: &mut Client, offset: u64) -> u32 {
@@ -64,8 +38,8 @@ fn snapshot(socket: &Path, dir: &Path, name: &str) -> image::RgbImage {
 
 #[test]
 fn identity_and_mode_capability() {
-    let h = Harness::new(4);
-    let socket = h.create("xga");
+    let h = harness(4);
+    let socket = h.socket("xga");
     let mut c = Client::new(&socket).expect("connect");
     assert_eq!(config_u32(&mut c, 0), 0x000f_1b36);
     assert_eq!(config_u32(&mut c, 0x2c), 0x1100_1af4);
@@ -93,8 +67,8 @@ fn identity_and_mode_capability() {
 
 #[test]
 fn drawing_through_the_mapped_bar_reaches_the_snapshot() {
-    let h = Harness::new(4);
-    let socket = h.create("vga");
+    let h = harness(4);
+    let socket = h.socket("vga");
     let guest = Client::new(&socket).expect("connect");
     let mode = Mode::packed(PixelFormat::Xrgb8888, 640, 480);
     let mut fb = map_framebuffer_rw(&guest).expect("map");
@@ -106,7 +80,7 @@ fn drawing_through_the_mapped_bar_reaches_the_snapshot() {
 
 #[test]
 fn the_device_budget_limits_instances_and_comes_back() {
-    let h = Harness::new(2);
+    let h = harness(2);
     let a = h.parent.create("hd", None, &CreateParams::new()).unwrap();
     let _b = h.parent.create("vga", None, &CreateParams::new()).unwrap();
     let err = h
@@ -125,8 +99,8 @@ fn the_device_budget_limits_instances_and_comes_back() {
 
 #[test]
 fn closing_one_of_two_connections_keeps_the_framebuffer() {
-    let h = Harness::new(4);
-    let socket = h.create("vga");
+    let h = harness(4);
+    let socket = h.socket("vga");
     let uuid = h.parent.instances()[0].uuid;
     let first = Client::new(&socket).expect("first");
     let second = Client::new(&socket).expect("second");
@@ -189,8 +163,8 @@ fn odd_config_accesses_never_panic() {
 
 #[test]
 fn periodic_snapshots_land_in_their_directory() {
-    let h = Harness::new(4);
-    let socket = h.create("vga");
+    let h = harness(4);
+    let socket = h.socket("vga");
     let uuid = h.parent.instances()[0].uuid;
     let guest = Client::new(&socket).expect("connect");
     let mode = Mode::packed(PixelFormat::Xrgb8888, 640, 480);

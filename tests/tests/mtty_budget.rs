@@ -6,7 +6,7 @@ mod mtty_guest;
 
 use mdev::parent::{control_request, ControlServer, CreateParams, Request};
 use mdev_tests::{wait_until, RawClient};
-use mtty_guest::Harness;
+use mtty_guest::{harness, Harness};
 use uuid::Uuid;
 
 fn available(h: &Harness) -> Vec<u64> {
@@ -19,7 +19,7 @@ fn available(h: &Harness) -> Vec<u64> {
 
 #[test]
 fn budget_is_exact_after_create_remove_cycles_and_failed_creates() {
-    let h = Harness::new(5);
+    let h = harness(5);
     assert_eq!(available(&h), vec![5, 2]);
     for _ in 0..3 {
         let a = h.create("mtty-2", &[]);
@@ -64,7 +64,7 @@ fn budget_is_exact_after_create_remove_cycles_and_failed_creates() {
 
 #[test]
 fn a_client_dying_mid_message_leaves_the_budget_exact_after_remove() {
-    let h = Harness::new(24);
+    let h = harness(24);
     let info = h.create("mtty-2", &[]);
     let mut raw = RawClient::open(&info.socket);
     raw.send_raw(&[0x01, 0x00, 0x09]); // half a header, then gone
@@ -78,7 +78,7 @@ fn a_client_dying_mid_message_leaves_the_budget_exact_after_remove() {
 
 #[test]
 fn an_open_instance_is_busy_until_forced_and_its_ports_come_back() {
-    let h = Harness::new(24);
+    let h = harness(24);
     let info = h.create("mtty-2", &[]);
     let _raw = RawClient::open(&info.socket);
     let handle = h.parent.handle(info.uuid).unwrap();
@@ -94,7 +94,7 @@ fn an_open_instance_is_busy_until_forced_and_its_ports_come_back() {
 
 #[test]
 fn the_control_socket_lists_creates_and_removes() {
-    let h = Harness::new(4);
+    let h = harness(4);
     let _control = ControlServer::start(h.parent.clone()).unwrap();
     let dir = h.dir.path();
     let types = control_request(dir, &Request::Types).unwrap();

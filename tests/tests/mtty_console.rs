@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 
 use mdev_tests::wait_until;
 use mtty::uart::{Ier, Lsr, Msr, LSR, MCR, MSR, RBR_THR};
-use mtty_guest::{drain, init_port, read_exactly, reg, set_reg, wait_event, Harness};
+use mtty_guest::{drain, harness, init_port, read_exactly, reg, set_reg, wait_event};
 use vfio_user::Client;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -23,7 +23,7 @@ fn carrier(c: &mut Client, bar: u32) -> bool {
 
 #[test]
 fn socket_console_round_trips_bytes_and_interrupts_on_receive() {
-    let h = Harness::new(24);
+    let h = harness(24);
     let console = h.dir.join("port1.sock");
     let info = h.create(
         "mtty-2",
@@ -63,7 +63,7 @@ fn socket_console_round_trips_bytes_and_interrupts_on_receive() {
 
 #[test]
 fn bytes_the_guest_is_not_ready_for_overrun_and_with_rts_they_wait() {
-    let h = Harness::new(24);
+    let h = harness(24);
     let console = h.dir.join("port0.sock");
     let info = h.create(
         "mtty-1",
@@ -99,7 +99,7 @@ fn bytes_the_guest_is_not_ready_for_overrun_and_with_rts_they_wait() {
 
 #[test]
 fn guest_bytes_with_nobody_attached_are_dropped_without_stalling() {
-    let h = Harness::new(24);
+    let h = harness(24);
     let console = h.dir.join("idle.sock");
     let info = h.create(
         "mtty-1",

@@ -10,7 +10,7 @@ use mdev::wire::{self, Command};
 use mdev_tests::{wait_until, RawClient};
 use mtty::device::{DEVICE_ID, VENDOR_ID};
 use mtty::uart::{Ier, Lsr, IIR_FCR, IIR_RDA, LSR, MCR, RBR_THR, SCR};
-use mtty_guest::{drain, init_port, reg, set_reg, wait_event, Harness};
+use mtty_guest::{drain, harness, init_port, reg, set_reg, wait_event};
 use vfio_user::Client;
 use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -26,7 +26,7 @@ fn cfg32(c: &mut Client, off: u64) -> u32 {
 
 #[test]
 fn identity_and_one_io_bar_per_port_as_the_kernel_sample() {
-    let h = Harness::new(24);
+    let h = harness(24);
     let mut c = Client::new(&h.socket("mtty-2")).unwrap();
     assert_eq!(
         cfg32(&mut c, 0),
@@ -59,7 +59,7 @@ fn identity_and_one_io_bar_per_port_as_the_kernel_sample() {
 
 #[test]
 fn thr_writes_come_back_on_rbr_in_loopback() {
-    let h = Harness::new(24);
+    let h = harness(24);
     let mut c = Client::new(&h.socket("mtty-2")).unwrap();
     for bar in [0u32, 1] {
         init_port(&mut c, bar, Ier::empty());
@@ -74,7 +74,7 @@ fn thr_writes_come_back_on_rbr_in_loopback() {
 
 #[test]
 fn received_data_raises_intx_until_read_and_unmasked() {
-    let h = Harness::new(24);
+    let h = harness(24);
     let mut c = Client::new(&h.socket("mtty-1")).unwrap();
     let efd = EventFd::new(EFD_NONBLOCK).unwrap();
     c.set_irqs(0, DATA_EVENTFD_TRIGGER, 0, 1, &[efd.as_raw_fd()])
@@ -98,7 +98,7 @@ fn received_data_raises_intx_until_read_and_unmasked() {
 
 #[test]
 fn received_data_raises_msi() {
-    let h = Harness::new(24);
+    let h = harness(24);
     let mut c = Client::new(&h.socket("mtty-2")).unwrap();
     let efd = EventFd::new(EFD_NONBLOCK).unwrap();
     c.set_irqs(1, DATA_EVENTFD_TRIGGER, 0, 1, &[efd.as_raw_fd()])
@@ -113,7 +113,7 @@ fn received_data_raises_msi() {
 
 #[test]
 fn closing_one_of_two_connections_keeps_port_state_and_data() {
-    let h = Harness::new(24);
+    let h = harness(24);
     let info = h.create("mtty-1", &[]);
     let mut a = Client::new(&info.socket).unwrap();
     let mut b = Client::new(&info.socket).unwrap();
@@ -153,7 +153,7 @@ fn raw_access(c: &mut RawClient, write: bool, region: u32, offset: u64, count: u
 
 #[test]
 fn hostile_accesses_are_ignored_or_refused_and_the_port_still_works() {
-    let h = Harness::new(24);
+    let h = harness(24);
     let path = h.socket("mtty-2");
     let mut raw = RawClient::open(&path);
     for region in [0u32, 1] {

@@ -4,56 +4,20 @@
 #![allow(dead_code)]
 
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use mdev::parent::{CreateParams, InstanceInfo, Parent};
-use mdev_tests::ScratchDir;
 use mtty::uart::{Fcr, Ier, Lsr, Mcr, IER, IIR_FCR, LCR, LSR, MCR, RBR_THR};
 use mtty::MttyDriver;
 use vfio_user::Client;
 use vmm_sys_util::eventfd::EventFd;
 
 /// A parent with an mtty driver.
-pub struct Harness {
-    pub driver: Arc<MttyDriver>,
-    pub parent: Arc<Parent>,
-    pub dir: ScratchDir,
-}
+/// A parent serving the mtty driver.
+pub type Harness = mdev_tests::ParentHarness<MttyDriver>;
 
-impl Harness {
-    pub fn new(max_ports: u64) -> Self {
-        mdev_tests::init_logging();
-        let driver = Arc::new(MttyDriver::new(max_ports));
-        let dir = ScratchDir::new("mtty");
-        let parent = Parent::new(driver.clone(), dir.path()).expect("parent");
-        Harness {
-            driver,
-            parent,
-            dir,
-        }
-    }
-
-    pub fn create(&self, type_name: &str, params: &[(&str, String)]) -> InstanceInfo {
-        let params: CreateParams = params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
-        self.parent
-            .create(type_name, None, &params)
-            .expect("create")
-    }
-
-    pub fn socket(&self, type_name: &str) -> PathBuf {
-        self.create(type_name, &[]).socket
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.parent.shutdown();
-    }
+/// A parent whose instances share `max_ports` ports.
+pub fn harness(max_ports: u64) -> Harness {
+    mdev_tests::ParentHarness::new(MttyDriver::new(max_ports), "mtty")
 }
 
 /// Reads one register of port `bar`.
