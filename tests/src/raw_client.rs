@@ -97,6 +97,28 @@ impl RawClient {
         Some(Reply { header: h, payload })
     }
 
+    /// The next reply: `Ok(Some)` a reply, `Ok(None)` the server closed the connection,
+    /// `Err` nothing within the read timeout (a hung server) or a broken reply.
+    pub fn next_reply(&mut self) -> Result<Option<Reply>, String> {
+        let closed = |e: &std::io::Error| {
+            e.kind() == std::io::ErrorKind::UnexpectedEof
+                || e.raw_os_error() == Some(libc::ECONNRESET)
+        };
+        let mut h = Header::default();
+        if let Err(e) = self.sock.read_exact(h.as_mut_slice()) {
+            return if closed(&e) {
+                Ok(None)
+            } else {
+                Err(format!("no reply: {e}"))
+            };
+        }
+        let mut payload = vec![0u8; (h.message_size as usize).saturating_sub(HEADER_SIZE)];
+        self.sock
+            .read_exact(&mut payload)
+            .map_err(|e| format!("reply body: {e}"))?;
+        Ok(Some(Reply { header: h, payload }))
+    }
+
     /// True when the server has closed its end (a read returns end of stream).
     pub fn closed_by_server(&mut self) -> bool {
         let mut b = [0u8; 1];

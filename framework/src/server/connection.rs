@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use vm_memory::ByteValued;
 
 use super::listener::Shared;
@@ -104,7 +104,13 @@ pub(crate) fn serve_connection(sock: UnixStream, id: ConnectionId, shared: Arc<S
                 dma: DmaMappings::new(wire::MAX_DMA_MAPS as usize),
                 regions,
             };
-            conn.run(&shared);
+            // A bug in a device (or here) must cost one connection, not wedge the client or
+            // leak its open: catch the panic, then release and close as for any other end.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.run(&shared)));
+            if run.is_err() {
+                error!("{name}: {id}: panicked while serving; closing the connection");
+                shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
             conn.release();
             handle.close(id);
         }
