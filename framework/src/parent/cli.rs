@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
-use log::{error, info};
+use log::{error, info, warn};
 use uuid::Uuid;
 
+use super::activation::Activated;
 use super::control::{control_request, ControlServer, Request};
 use super::driver::{CreateParams, MdevDriver, MdevType};
 use super::instances::{InstanceInfo, Parent};
@@ -198,14 +199,25 @@ pub fn run(
                 Ok(p) => p,
                 Err(e) => return fail(format!("cannot use {}: {e}", dir.display())),
             };
-            let control = match ControlServer::start(parent.clone()) {
+            // Sockets passed in by a service manager (systemd socket activation), if any.
+            let mut activated = match Activated::from_env() {
+                Ok(a) => a,
+                Err(e) => return fail(format!("socket activation: {e}")),
+            };
+            let control = match ControlServer::start_on(parent.clone(), activated.take_control()) {
                 Ok(c) => c,
                 Err(e) => return fail(format!("control socket: {e}")),
             };
             for spec in &create {
-                let created = parse_create_spec(spec)
-                    .map_err(|e| e.to_string())
-                    .and_then(|(t, u, p)| parent.create(&t, u, &p).map_err(|e| e.to_string()));
+                let created =
+                    parse_create_spec(spec)
+                        .map_err(|e| e.to_string())
+                        .and_then(|(t, u, p)| {
+                            let listener = u.and_then(|u| activated.take(&u.to_string()));
+                            parent
+                                .create_on(&t, u, &p, listener)
+                                .map_err(|e| e.to_string())
+                        });
                 match created {
                     Ok(info) => {
                         println!("{} {} {}", info.uuid, info.type_name, info.socket.display())
@@ -216,6 +228,9 @@ pub fn run(
                         return fail(format!("{spec}: {e}"));
                     }
                 }
+            }
+            for name in activated.leftover() {
+                warn!("{driver_name}: passed-in socket {name} matches no instance; ignored");
             }
             info!("{driver_name}: control socket {}", control.path().display());
             wait_for_shutdown();

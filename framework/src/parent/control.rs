@@ -114,6 +114,7 @@ fn serve_one(parent: &Parent, stream: UnixStream) -> io::Result<()> {
 /// The control socket server of a parent. Dropping it stops it and removes the socket.
 pub struct ControlServer {
     path: PathBuf,
+    owns_file: bool,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -121,6 +122,20 @@ pub struct ControlServer {
 impl ControlServer {
     /// Serves `parent`'s control socket in its directory.
     pub fn start(parent: Arc<Parent>) -> io::Result<Self> {
+        Self::start_on(parent, None)
+    }
+
+    /// Serves `parent`'s control socket on `listener` (passed in by the service manager; its
+    /// file is left alone at shutdown), or on `DIR/control.sock` when there is none.
+    pub fn start_on(parent: Arc<Parent>, listener: Option<UnixListener>) -> io::Result<Self> {
+        if let Some(listener) = listener {
+            let path = listener
+                .local_addr()?
+                .as_pathname()
+                .map(Path::to_path_buf)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "unnamed socket"))?;
+            return Self::serve(parent, listener, path, false);
+        }
         let path = parent.dir().join(CONTROL_SOCKET);
         if path.exists() {
             if UnixStream::connect(&path).is_ok() {
@@ -133,6 +148,15 @@ impl ControlServer {
         }
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Self::serve(parent, listener, path, true)
+    }
+
+    fn serve(
+        parent: Arc<Parent>,
+        listener: UnixListener,
+        path: PathBuf,
+        owns_file: bool,
+    ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -159,6 +183,7 @@ impl ControlServer {
             })?;
         Ok(ControlServer {
             path,
+            owns_file,
             stop,
             thread: Some(thread),
         })
@@ -178,7 +203,9 @@ impl Drop for ControlServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        if self.owns_file {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

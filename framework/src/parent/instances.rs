@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -153,6 +154,18 @@ impl Parent {
         uuid: Option<Uuid>,
         params: &CreateParams,
     ) -> Result<InstanceInfo, ParentError> {
+        self.create_on(type_name, uuid, params, None)
+    }
+
+    /// As [`Parent::create`], served on `listener` (a socket passed in by the service
+    /// manager) instead of a socket bound at `DIR/UUID.sock` when one is given.
+    pub fn create_on(
+        &self,
+        type_name: &str,
+        uuid: Option<Uuid>,
+        params: &CreateParams,
+        listener: Option<UnixListener>,
+    ) -> Result<InstanceInfo, ParentError> {
         let uuid = uuid.unwrap_or_else(Uuid::new_v4);
         let mut instances = self.lock();
         if instances.contains_key(&uuid) {
@@ -171,7 +184,10 @@ impl Parent {
         let handle = self
             .sets
             .register(&uuid.to_string(), new.device, new.set_key);
-        let server = DeviceServer::bind(&self.socket_path(uuid), handle)?;
+        let server = match listener {
+            Some(l) => DeviceServer::from_listener(l, handle)?,
+            None => DeviceServer::bind(&self.socket_path(uuid), handle)?,
+        };
         let inst = Instance {
             type_name: type_name.to_string(),
             params: params.clone(),

@@ -2,6 +2,7 @@
 //! binary uses. A [`Parent`] owns a driver's types, creates and removes instances by UUID
 //! (each served on `DIR/UUID.sock`) and answers a control socket (`DIR/control.sock`).
 
+pub mod activation;
 mod budget;
 pub mod cli;
 mod control;

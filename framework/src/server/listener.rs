@@ -81,6 +81,8 @@ impl Shared {
 /// removes the socket file it created.
 pub struct DeviceServer {
     path: Option<PathBuf>,
+    /// Whether this server created the socket file (and removes it at shutdown).
+    owns_file: bool,
     stop: EventFd,
     accept: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -96,21 +98,30 @@ impl DeviceServer {
         fs::set_permissions(path, fs::Permissions::from_mode(0o600))
             .map_err(|e| ServerError::io(format!("chmod {}", path.display()), e))?;
         info!("{}: serving on {}", handle.name(), path.display());
-        Self::start(listener, Some(path.to_path_buf()), handle)
+        Self::start(listener, Some(path.to_path_buf()), true, handle)
     }
 
     /// Serves `handle` on an already-bound listening socket (systemd socket activation). The
-    /// socket file, if any, is not removed at shutdown.
+    /// socket file belongs to whoever bound it and is not removed at shutdown.
     pub fn from_listener(
         listener: UnixListener,
         handle: Arc<DeviceHandle>,
     ) -> Result<Self, ServerError> {
-        Self::start(listener, None, handle)
+        let path = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+        match &path {
+            Some(p) => info!("{}: serving on {} (passed in)", handle.name(), p.display()),
+            None => info!("{}: serving on a passed-in socket", handle.name()),
+        }
+        Self::start(listener, path, false, handle)
     }
 
     fn start(
         listener: UnixListener,
         path: Option<PathBuf>,
+        owns_file: bool,
         handle: Arc<DeviceHandle>,
     ) -> Result<Self, ServerError> {
         let stop = EventFd::new(EFD_NONBLOCK).map_err(|e| ServerError::io("eventfd", e))?;
@@ -130,13 +141,14 @@ impl DeviceServer {
             .map_err(|e| ServerError::io("spawn accept thread", e))?;
         Ok(DeviceServer {
             path,
+            owns_file,
             stop,
             accept: Some(accept),
             shared,
         })
     }
 
-    /// The socket path, when this server created it.
+    /// The socket path (when the socket has one).
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
@@ -182,7 +194,7 @@ impl DeviceServer {
                 let _ = t.join();
             }
         }
-        if let Some(p) = &self.path {
+        if let Some(p) = self.path.as_ref().filter(|_| self.owns_file) {
             let _ = fs::remove_file(p);
         }
     }
