@@ -79,6 +79,12 @@ pub trait Device: Send + 'static {
     /// A connection withdrew a DMA mapping (or closed with it still mapped).
     fn dma_unmap(&mut self, _owner: ConnectionId, _map: &DmaMapping) {}
 
+    /// Connection `owner` closed its open of the device (every close, the last one before
+    /// `close_device`). Its eventfds are already gone from `interrupts()`
+    /// ([`Interrupts::release`]); a device that handed them on (passthrough) withdraws them
+    /// here, leaving every other connection's alone.
+    fn connection_closed(&mut self, _owner: ConnectionId) {}
+
     /// Called after [`Interrupts::apply`] accepted a `SET_IRQS` request (its eventfds now live
     /// in `interrupts()`).
     fn irqs_changed(&mut self, _owner: ConnectionId, _span: &IrqSpan) -> Result<(), DeviceError> {

@@ -334,8 +334,9 @@ impl DeviceHandle {
         Ok(())
     }
 
-    /// Closes connection `conn`'s open: its eventfds are dropped, and on the last close
-    /// `close_device` runs under the set lock. Closing a connection that is not open is a no-op.
+    /// Closes connection `conn`'s open: its eventfds are dropped (the device is told with
+    /// `connection_closed`), and on the last close `close_device` runs under the set lock.
+    /// Closing a connection that is not open is a no-op.
     pub fn close(&self, conn: ConnectionId) {
         let mut st = self.set.lock();
         let Ok(pos) = Self::position(&st, self.id) else {
@@ -346,6 +347,7 @@ impl DeviceHandle {
         };
         let (_, owner) = st.members[pos].opens.remove(i);
         self.interrupts.release(conn);
+        self.lock().connection_closed(conn);
         if st.members[pos].opens.is_empty() {
             let ctx = SetContext {
                 this: self.id,

@@ -29,7 +29,8 @@
 //! registers, framebuffers, config space and interrupt *routing* (which index is enabled,
 //! masks, the INTx level) are device state, shared by every connection. A connection's DMA
 //! mappings and the eventfds it handed over through `SET_IRQS` are its own: when it closes
-//! they are dropped, and the other connections are not disturbed. `open_device` runs when the
+//! they are dropped, and the other connections are not disturbed (a device that passed
+//! eventfds on is told through `Device::connection_closed`). `open_device` runs when the
 //! first connection opens the device and `close_device` when the last one closes.
 //!
 //! ## Lock order

@@ -229,7 +229,23 @@ impl<V: HostVfio> Device for PassthroughDevice<V> {
 
     fn reset(&mut self, ctx: &SetContext) -> Result<(), DeviceError> {
         let method = plan_device_reset(self.flr, &self.scope, ctx, ctx.requester)?;
-        self.run_reset(&method)
+        self.run_reset(&method)?;
+        if let Err(e) = self.forwarder.after_reset(&self.device, &self.interrupts) {
+            warn!("{}: re-routing interrupts after reset: {e}", self.address);
+        }
+        Ok(())
+    }
+
+    fn connection_closed(&mut self, owner: ConnectionId) {
+        let result = self
+            .forwarder
+            .withdraw_released(&self.device, &self.interrupts);
+        if let Err(e) = result {
+            warn!(
+                "{}: withdrawing the eventfds of {owner} from the host: {e}",
+                self.address
+            );
+        }
     }
 
     fn dma_map(&mut self, owner: ConnectionId, map: &DmaMapping) -> Result<(), DeviceError> {
@@ -255,7 +271,8 @@ impl<V: HostVfio> Device for PassthroughDevice<V> {
 mod tests {
     use std::fs::File;
     use std::io::Write;
-    use std::os::fd::{AsRawFd, BorrowedFd};
+    use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+    use std::os::unix::fs::FileExt;
 
     use mdev::irq::{IrqAction, IrqData, IrqIndex, IrqRequest};
     use mdev::region::BAR0_REGION_INDEX as BAR0;
@@ -265,7 +282,7 @@ mod tests {
     use super::*;
     use crate::fake::{
         hot_resets, Call, FakeSpec, FakeVfio, Op, FAKE_BAR0_SIZE, FAKE_CONFIG_SIZE,
-        FAKE_REGION_STRIDE,
+        FAKE_REGION_STRIDE, FAKE_ROM_SIZE,
     };
     use crate::host::HostIrqSet;
     use crate::passthrough::Passthrough;
@@ -599,5 +616,203 @@ mod tests {
             )
         });
         assert!(disabled, "{:?}", fake.calls());
+    }
+
+    /// One device alone in its set, as `spec` describes it.
+    fn single(spec: FakeSpec) -> (FakeVfio, DeviceSets, Arc<DeviceHandle>) {
+        let fake = FakeVfio::new();
+        let address = spec.address;
+        fake.add(spec);
+        let (device, key) = Passthrough::new(Arc::new(fake.clone()))
+            .open(address)
+            .unwrap();
+        let sets = DeviceSets::new();
+        let handle = sets.register(&address.to_string(), Box::new(device), key);
+        (fake, sets, handle)
+    }
+
+    fn msi_fds(start: u32, fds: &[&EventFd]) -> IrqRequest {
+        IrqRequest {
+            index: IrqIndex::Msi,
+            start,
+            count: fds.len() as u32,
+            action: IrqAction::Trigger,
+            data: IrqData::Eventfds(fds.iter().map(|e| file_of(e)).collect()),
+        }
+    }
+
+    fn msi_disable() -> IrqRequest {
+        IrqRequest {
+            index: IrqIndex::Msi,
+            start: 0,
+            count: 0,
+            action: IrqAction::Trigger,
+            data: IrqData::None,
+        }
+    }
+
+    fn host_disable(index: u32) -> HostIrqSet {
+        HostIrqSet {
+            index,
+            start: 0,
+            count: 0,
+            action: IrqAction::Trigger,
+            eventfds: None,
+        }
+    }
+
+    fn set_irqs_calls(calls: &[Call]) -> Vec<&HostIrqSet> {
+        calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::SetIrqs(_, set) => Some(set),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Writes the eventfd the host kernel was given, as the kernel would signal it.
+    fn host_signal(fd: RawFd) {
+        // SAFETY: `Interrupts` keeps the forwarded fd open while it is routed.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let mut f = File::from(fd.try_clone_to_owned().unwrap());
+        f.write_all(&1u64.to_ne_bytes()).unwrap();
+    }
+
+    #[test]
+    fn closing_one_of_two_connections_withdraws_only_the_vectors_it_supplied() {
+        let (fake, _sets, h) = single(FakeSpec {
+            msi_vectors: 2,
+            ..FakeSpec::new(addr(3))
+        });
+        let (c1, c2) = (conn(), conn());
+        h.open(c1, A).unwrap();
+        h.open(c2, B).unwrap();
+        let efd1 = EventFd::new(EFD_NONBLOCK).unwrap();
+        let efd2 = EventFd::new(EFD_NONBLOCK).unwrap();
+        set_irqs(&h, c1, msi_fds(0, &[&efd1]));
+        set_irqs(&h, c2, msi_fds(1, &[&efd2]));
+        let calls = fake.calls();
+        let routed = (*set_irqs_calls(&calls).last().unwrap()).clone();
+        assert_eq!((routed.index, routed.start, routed.count), (1, 0, 2));
+        let host_fd2 = routed.eventfds.unwrap()[1];
+
+        fake.clear_calls();
+        h.close(c1);
+        let withdraw_vector_0 = HostIrqSet {
+            index: 1,
+            start: 0,
+            count: 1,
+            action: IrqAction::Trigger,
+            eventfds: Some(vec![-1]),
+        };
+        assert_eq!(
+            fake.calls(),
+            [Call::SetIrqs(addr(3), withdraw_vector_0)],
+            "exactly the closed connection's vector, nothing else"
+        );
+        host_signal(host_fd2);
+        assert_eq!(
+            efd2.read().unwrap(),
+            1,
+            "the other connection still receives"
+        );
+
+        fake.clear_calls();
+        h.close(c2);
+        assert_eq!(set_irqs_calls(&fake.calls()), [&host_disable(1)]);
+    }
+
+    #[test]
+    fn the_host_stops_signalling_a_closed_connection_while_another_keeps_the_device_open() {
+        let (fake, _sets, h) = single(FakeSpec::new(addr(3)));
+        let (c1, c2, c3) = (conn(), conn(), conn());
+        h.open(c1, A).unwrap();
+        h.open(c2, B).unwrap();
+        let efd = EventFd::new(EFD_NONBLOCK).unwrap();
+        set_irqs(&h, c1, msi_fds(0, &[&efd]));
+        fake.clear_calls();
+        h.close(c2); // it supplied no eventfd: the host routing stays
+        assert!(
+            set_irqs_calls(&fake.calls()).is_empty(),
+            "{:?}",
+            fake.calls()
+        );
+        h.open(c3, B).unwrap();
+        h.close(c1);
+        assert_eq!(h.open_count(), 1);
+        assert_eq!(set_irqs_calls(&fake.calls()), [&host_disable(1)]);
+        fake.clear_calls();
+        h.close(c3);
+        assert!(
+            set_irqs_calls(&fake.calls()).is_empty(),
+            "nothing left to disable on the last close"
+        );
+    }
+
+    #[test]
+    fn a_reset_reroutes_the_kept_eventfds_from_a_clean_host_state() {
+        let (fake, _sets, h) = edus(true, &[1]);
+        let c = conn();
+        h[0].open(c, A).unwrap();
+        let efd = EventFd::new(EFD_NONBLOCK).unwrap();
+        set_irqs(&h[0], c, msi_fds(0, &[&efd]));
+        fake.clear_calls();
+        h[0].reset(A).unwrap();
+        let calls = fake.calls();
+        let [Call::Reset(dev), Call::SetIrqs(_, disable), Call::SetIrqs(_, rerouted)] =
+            calls.as_slice()
+        else {
+            panic!("reset, then disable and re-route expected: {calls:?}");
+        };
+        assert_eq!(*dev, addr(1));
+        assert_eq!(*disable, host_disable(1));
+        assert_eq!((rerouted.index, rerouted.start, rerouted.count), (1, 0, 1));
+        host_signal(rerouted.eventfds.as_ref().unwrap()[0]);
+        assert_eq!(
+            efd.read().unwrap(),
+            1,
+            "the client's eventfd is still routed"
+        );
+
+        // The record matches the host: the client's disable reaches it once, and a reset
+        // with nothing routed touches no interrupt.
+        fake.clear_calls();
+        set_irqs(&h[0], c, msi_disable());
+        h[0].reset(A).unwrap();
+        assert_eq!(
+            fake.calls(),
+            [
+                Call::SetIrqs(addr(1), host_disable(1)),
+                Call::Reset(addr(1))
+            ]
+        );
+    }
+
+    #[test]
+    fn the_rom_is_read_only_whatever_the_client_tries() {
+        let (fake, _sets, h) = single(FakeSpec {
+            rom: true,
+            bar0_mmap: true, // only to reach the fake device fd
+            ..FakeSpec::new(addr(3))
+        });
+        let file = h.lock().region_info(BAR0).mmap.expect("BAR0 mmap").file;
+        let base = u64::from(ROM_REGION_INDEX) * FAKE_REGION_STRIDE;
+        file.write_all_at(&[0x55, 0xaa], base).unwrap();
+        let mut dev = h.lock();
+        let rom = dev.region_info(ROM_REGION_INDEX);
+        assert_eq!(rom.size, FAKE_ROM_SIZE);
+        assert_eq!(rom.flags, RegionFlags::READ, "no WRITE, no MMAP");
+        assert!(rom.mmap.is_none());
+        for (offset, len) in [(0, 2), (0, 4), (FAKE_ROM_SIZE - 4, 4)] {
+            let err = dev
+                .write(ROM_REGION_INDEX, offset, &vec![0; len])
+                .unwrap_err();
+            assert_eq!(err.errno(), libc::EINVAL, "write at {offset:#x}");
+        }
+        let mut signature = [0u8; 2];
+        dev.read(ROM_REGION_INDEX, 0, &mut signature).unwrap();
+        assert_eq!(signature, [0x55, 0xaa], "the ROM is unchanged and readable");
+        assert!(fake.calls().is_empty(), "no write reached the host");
     }
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use mdev::dma::DmaProt;
 use mdev::irq::{IrqIndexInfo, IrqInfoFlags};
-use mdev::region::{RegionFlags, BAR0_REGION_INDEX, CONFIG_REGION_INDEX};
+use mdev::region::{RegionFlags, BAR0_REGION_INDEX, CONFIG_REGION_INDEX, ROM_REGION_INDEX};
 
 use crate::address::PciAddress;
 use crate::host::{
@@ -23,6 +23,8 @@ pub const FAKE_REGION_STRIDE: u64 = 1 << 24;
 pub const FAKE_BAR0_SIZE: u64 = 1 << 20;
 /// Size of the fake config space.
 pub const FAKE_CONFIG_SIZE: u64 = 256;
+/// Size of the fake expansion ROM (when the spec has one).
+pub const FAKE_ROM_SIZE: u64 = 64 << 10;
 /// Size of the memfd mapping made to create the fake device fd.
 const FAKE_PAGE: usize = 4096;
 /// Number of regions of a fake device.
@@ -102,11 +104,13 @@ pub struct FakeSpec {
     pub affected: Option<Vec<AffectedDevice>>,
     /// MSI vectors.
     pub msi_vectors: u32,
+    /// Whether it has an expansion ROM (reported read-only, as vfio-pci does).
+    pub rom: bool,
 }
 
 impl FakeSpec {
-    /// An edu-like device: BAR0, config space, INTx and one MSI vector, no FLR, alone in its
-    /// reset scope and group 1.
+    /// An edu-like device: BAR0, config space, INTx and one MSI vector, no FLR, no ROM,
+    /// alone in its reset scope and group 1.
     pub fn new(address: PciAddress) -> Self {
         FakeSpec {
             address,
@@ -115,6 +119,7 @@ impl FakeSpec {
             bar0_mmap: false,
             affected: Some(vec![AffectedDevice { address, group: 1 }]),
             msi_vectors: 1,
+            rom: false,
         }
     }
 }
@@ -228,6 +233,12 @@ impl FakeDevice {
                 } else {
                     rw
                 },
+                sparse: None,
+            },
+            ROM_REGION_INDEX if self.spec.rom => HostRegion {
+                size: FAKE_ROM_SIZE,
+                offset,
+                flags: RegionFlags::READ,
                 sparse: None,
             },
             CONFIG_REGION_INDEX => HostRegion {

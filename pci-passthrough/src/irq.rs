@@ -135,6 +135,69 @@ impl IrqForwarder {
         Ok(())
     }
 
+    /// A connection closed and [`Interrupts::release`] dropped exactly the eventfds it had
+    /// handed over: withdraws those vectors, and only those, from the host. A vector the
+    /// host was given an eventfd for that `irqs` no longer holds gets "no eventfd" (-1) on
+    /// its own; an index left with no eventfd at all is disabled. Vectors routed to other
+    /// connections' eventfds are not touched.
+    pub fn withdraw_released(
+        &mut self,
+        device: &impl HostDevice,
+        irqs: &Interrupts,
+    ) -> io::Result<()> {
+        for pos in 0..self.programmed.len() {
+            let Some(index) = IrqIndex::from_u32(pos as u32) else {
+                continue;
+            };
+            if self.programmed[pos].is_empty() {
+                continue;
+            }
+            let now = irqs.trigger_fds(index);
+            let held = |v: usize| now.get(v).copied().flatten().is_some();
+            if !(0..now.len()).any(held) {
+                self.disable(device, index)?;
+                continue;
+            }
+            let gone: Vec<usize> = (0..self.programmed[pos].len())
+                .filter(|&v| self.programmed[pos][v] != NO_EVENTFD && !held(v))
+                .collect();
+            for v in gone {
+                device.set_irqs(&HostIrqSet {
+                    index: index as u32,
+                    start: v as u32,
+                    count: 1,
+                    action: IrqAction::Trigger,
+                    eventfds: Some(vec![NO_EVENTFD]),
+                })?;
+                self.programmed[pos][v] = NO_EVENTFD;
+                debug!(
+                    "{}: irq index {index:?} vector {v} withdrawn (its connection closed)",
+                    device.address()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// After a device reset: the host kernel keeps the eventfds it was given across a reset,
+    /// but the device's interrupt state restarts (the framework unmasks INTx and keeps every
+    /// routed eventfd). The host is brought to exactly that: everything it was given is
+    /// disabled, the record cleared, and the eventfds `irqs` still holds routed afresh.
+    pub fn after_reset(&mut self, device: &impl HostDevice, irqs: &Interrupts) -> io::Result<()> {
+        self.disable_all(device);
+        for pos in 0..self.programmed.len() {
+            let Some(index) = IrqIndex::from_u32(pos as u32) else {
+                continue;
+            };
+            self.delivered[pos] = irqs.delivered(index);
+            let fds = irqs.trigger_fds(index);
+            if fds.iter().any(Option::is_some) {
+                self.program(device, index, &fds)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Disables every index the host was given eventfds for (the client's eventfds are
     /// going away). Errors are logged: the device is being closed anyway.
     pub fn disable_all(&mut self, device: &impl HostDevice) {

@@ -15,7 +15,9 @@
 //! Devices whose hot reset scopes are equal share one `mdev` device set, keyed by the
 //! scope's sorted addresses. The kernel side sits behind [`host::HostVfio`] /
 //! [`host::HostDevice`]: [`vfio_host`] is the real one, [`fake`] an in-memory one that
-//! records calls, so every rule is tested without hardware.
+//! records calls, so every rule is tested without hardware. [`vfio_access`] probes which
+//! VFIO interface the host offers (group + container, implemented; device cdev + iommufd,
+//! detected and reported, not implemented).
 
 pub mod address;
 pub mod device;
@@ -26,6 +28,7 @@ pub mod host;
 pub mod irq;
 pub mod passthrough;
 pub mod reset;
+pub mod vfio_access;
 pub mod vfio_host;
 
 pub use address::PciAddress;

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use log::error;
+use log::{error, info};
 use mdev::parent::cli::{block_shutdown_signals, wait_for_shutdown};
 use mdev::region::CONFIG_REGION_INDEX;
 use mdev::server::DeviceServer;
 use mdev::DeviceSets;
 use pci_passthrough::host::HostDevice;
+use pci_passthrough::vfio_access::VfioAccess;
 use pci_passthrough::vfio_host::VfioContainer;
 use pci_passthrough::{Passthrough, PciAddress};
 
@@ -66,9 +67,21 @@ fn socket_path(dir: &Path, address: PciAddress) -> PathBuf {
     dir.join(format!("{address}.sock"))
 }
 
+/// Says which VFIO interface each function is offered through, and refuses when one is
+/// offered only through the (not implemented) cdev/iommufd path.
+fn check_access(addresses: &[PciAddress]) -> Result<(), String> {
+    for &address in addresses {
+        let access = VfioAccess::probe(address);
+        info!("{access}");
+        access.choose().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 fn serve(dir: &Path, addresses: &[PciAddress]) -> Result<(), String> {
     block_shutdown_signals();
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    check_access(addresses)?;
     let host = Arc::new(VfioContainer::new().map_err(|e| e.to_string())?);
     let passthrough = Passthrough::new(host);
     let sets = DeviceSets::new();
@@ -104,6 +117,7 @@ fn bench(
     iterations: u32,
 ) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    check_access(&[address])?;
     let host = Arc::new(VfioContainer::new().map_err(|e| e.to_string())?);
     let passthrough = Passthrough::new(host);
     let (device, key) = passthrough.open(address).map_err(|e| e.to_string())?;

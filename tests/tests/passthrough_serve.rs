@@ -1,5 +1,6 @@
 //! pci-passthrough served through real vfio-user sockets, on the fake host VFIO: two edu-like
-//! functions behind one bridge (one reset scope, one IOMMU group, no FLR), so one device set.
+//! functions behind one bridge (one reset scope, one IOMMU group, no FLR, an expansion ROM),
+//! so one device set.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -9,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mdev::irq::SetIrqsFlags;
-use mdev::region::BAR0_REGION_INDEX as BAR0;
+use mdev::region::{BAR0_REGION_INDEX as BAR0, ROM_REGION_INDEX as ROM};
 use mdev::server::DeviceServer;
 use mdev::wire::{self, Command, DmaMapMsg, DmaUnmapMsg, Header, SetIrqsMsg, HEADER_SIZE};
 use mdev::{DeviceSets, SharedMemory};
 use mdev_tests::{init_logging, wait_until, RawClient, ScratchDir};
-use pci_passthrough::fake::{hot_resets, Call, FakeSpec, FakeVfio, FAKE_BAR0_SIZE};
+use pci_passthrough::fake::{hot_resets, Call, FakeSpec, FakeVfio, FAKE_BAR0_SIZE, FAKE_ROM_SIZE};
 use pci_passthrough::host::HostIrqSet;
 use pci_passthrough::{Passthrough, PciAddress};
 use vm_memory::ByteValued;
@@ -45,7 +46,10 @@ impl Edus {
         let fake = FakeVfio::new();
         let scope = [addr(1), addr(2)];
         for a in scope {
-            fake.add(FakeSpec::sharing(a, &scope, GROUP));
+            fake.add(FakeSpec {
+                rom: true,
+                ..FakeSpec::sharing(a, &scope, GROUP)
+            });
         }
         let passthrough = Passthrough::new(Arc::new(fake.clone()));
         let sets = DeviceSets::new();
@@ -327,7 +331,7 @@ fn hostile_accesses_outside_the_regions_get_einval() {
     assert_eq!(c.read32(BAR0, FAKE_BAR0_SIZE - 2), einval);
     assert_eq!(c.read32(BAR0, u64::MAX - 1), einval);
     assert_eq!(c.read32(2, 0), einval, "absent BAR");
-    assert_eq!(c.write32(6, 0, 0), Err(libc::EINVAL as u32), "absent ROM");
+    assert_eq!(c.read32(8, 0), einval, "absent VGA region");
     assert_eq!(c.read32(42, 0), einval);
     assert_eq!(c.read32(BAR0, 0), Ok(0), "the connection survives");
     let writes = edus
@@ -337,4 +341,84 @@ fn hostile_accesses_outside_the_regions_get_einval() {
         .filter(|c| matches!(c, Call::Write { .. }))
         .count();
     assert_eq!(writes, 0);
+}
+
+fn set_msi(c: &mut RawClient, efd: Option<&EventFd>) -> Option<u32> {
+    let data = if efd.is_some() {
+        SetIrqsFlags::DATA_EVENTFD
+    } else {
+        SetIrqsFlags::DATA_NONE
+    };
+    let msg = SetIrqsMsg {
+        argsz: std::mem::size_of::<SetIrqsMsg>() as u32,
+        flags: (data | SetIrqsFlags::ACTION_TRIGGER).bits(),
+        index: 1,
+        start: 0,
+        count: u32::from(efd.is_some()),
+    };
+    let fds: Vec<_> = efd.iter().map(|e| e.as_raw_fd()).collect();
+    c.request(Command::DeviceSetIrqs as u16, 0, msg.as_slice(), &fds)
+        .errno()
+}
+
+fn host_msi_disables(fake: &FakeVfio) -> usize {
+    fake.calls()
+        .iter()
+        .filter(|c| {
+            matches!(
+                c,
+                Call::SetIrqs(
+                    _,
+                    HostIrqSet {
+                        index: 1,
+                        count: 0,
+                        eventfds: None,
+                        ..
+                    }
+                )
+            )
+        })
+        .count()
+}
+
+#[test]
+fn a_closing_connection_takes_its_eventfd_off_the_host_while_another_stays_open() {
+    let edus = Edus::serve("pt-irq-close");
+    let mut routing = RawClient::open(&edus.paths[0]);
+    let mut other = RawClient::open(&edus.paths[0]);
+    let efd = EventFd::new(EFD_NONBLOCK).unwrap();
+    assert_eq!(set_msi(&mut routing, Some(&efd)), None);
+    assert_eq!(host_msi_disables(&edus.fake), 0);
+    drop(routing);
+    wait_until("routing connection closed", || edus.open_count(0) == 1);
+    assert_eq!(
+        host_msi_disables(&edus.fake),
+        1,
+        "the host no longer signals the closed connection's eventfd: {:?}",
+        edus.fake.calls()
+    );
+    // The device keeps serving the other connection, which can route its own.
+    let mine = EventFd::new(EFD_NONBLOCK).unwrap();
+    assert_eq!(set_msi(&mut other, Some(&mine)), None);
+    assert_eq!(set_msi(&mut other, None), None);
+    assert_eq!(host_msi_disables(&edus.fake), 2);
+}
+
+#[test]
+fn a_client_write_to_the_rom_is_refused_and_the_rom_is_readable() {
+    let edus = Edus::serve("pt-rom");
+    let mut c = RawClient::open(&edus.paths[0]);
+    let einval = Err(libc::EINVAL as u32);
+    for offset in [0, 0x100, FAKE_ROM_SIZE - 4] {
+        assert_eq!(c.write32(ROM, offset, 0xdead_beef), einval, "{offset:#x}");
+    }
+    assert_eq!(c.read32(ROM, 0), Ok(0), "the ROM still reads (unchanged)");
+    assert_eq!(c.read32(ROM, FAKE_ROM_SIZE - 4), Ok(0));
+    let writes = edus
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, Call::Write { .. }))
+        .count();
+    assert_eq!(writes, 0, "no ROM write reached the host");
 }

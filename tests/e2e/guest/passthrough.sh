@@ -107,7 +107,7 @@ e2e_info "vfio access: $(grep -h ': VFIO group\|: VFIO no group' /tmp/pt.err | s
 # The server is gone, so the group is free: `bench` opens the function itself, times reads of
 # the edu identification register (BAR0+0) on the device fd, then serves it and times the same
 # read by a vfio-user client. Figures are printed (E2E-INFO bench:), never judged: TCG timing.
-pci-passthrough bench --dir /run/pt-bench --iterations "${BENCH_READS:-2000}" "$a" \
+pci-passthrough bench --dir /run/pt-bench --iterations "${BENCH_READS:-10000}" "$a" \
   >/tmp/bench.out 2>/tmp/bench.err; _rc=$?
 sed 's/^/E2E-INFO bench: /' /tmp/bench.out
 [ "$_rc" -eq 0 ] || sed 's/^/E2E-INFO bench stderr: /' /tmp/bench.err
