@@ -1,12 +1,14 @@
 //! `mtty`: serve mediated serial cards over vfio-user, manage them, and attach to a port's
 //! console socket.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use mdev::parent::cli::{run, ParentCommand};
+use mtty::console::terminal::LogWriter;
 use mtty::driver::{DEFAULT_MAX_PORTS, DRIVER_NAME};
 use mtty::MttyDriver;
 
@@ -33,7 +35,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // Through a writer that keeps log lines readable while a terminal console holds the
+    // terminal raw; a piped target loses colour detection, so it is decided here.
+    logger.target(env_logger::Target::Pipe(Box::new(LogWriter::stderr())));
+    if std::env::var_os("RUST_LOG_STYLE").is_none() && std::io::stderr().is_terminal() {
+        logger.write_style(env_logger::WriteStyle::Always);
+    }
+    logger.init();
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Parent(cmd) => run(DRIVER_NAME, cmd, || {

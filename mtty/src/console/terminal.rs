@@ -41,6 +41,47 @@ impl Drop for RawTerminal {
     }
 }
 
+/// Log output for a process whose terminal may be in raw mode: while it is, each line feed
+/// is written as CR LF (raw mode turns off the output processing that would add the CR), so
+/// log lines start at the left margin instead of drifting right across the guest's console.
+pub struct LogWriter<W> {
+    out: W,
+    raw: fn() -> bool,
+}
+
+impl LogWriter<std::io::Stderr> {
+    /// Standard error, translated while crossterm holds the terminal raw.
+    pub fn stderr() -> Self {
+        LogWriter {
+            out: std::io::stderr(),
+            raw: || crossterm::terminal::is_raw_mode_enabled().unwrap_or(false),
+        }
+    }
+}
+
+impl<W: Write> Write for LogWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !(self.raw)() || !buf.contains(&b'\n') {
+            return self.out.write(buf);
+        }
+        let mut translated = Vec::with_capacity(buf.len() + 8);
+        let mut previous = 0u8;
+        for &b in buf {
+            if b == b'\n' && previous != b'\r' {
+                translated.push(b'\r');
+            }
+            translated.push(b);
+            previous = b;
+        }
+        self.out.write_all(&translated)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// Connects the host terminal to the port (one port per process).
 pub fn start(host: HostLink, stop: Arc<AtomicBool>, name: &str) -> Result<Console, ConsoleError> {
     if TERMINAL_TAKEN.swap(true, Ordering::AcqRel) {
@@ -167,4 +208,25 @@ pub fn attach(path: &Path) -> std::io::Result<()> {
     let _ = printer.join();
     eprintln!("\r\n[mtty: detached]\r");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_get_carriage_returns_only_while_raw() {
+        let mut raw = LogWriter {
+            out: Vec::new(),
+            raw: || true,
+        };
+        raw.write_all(b"one\ntwo\r\n\n").unwrap();
+        assert_eq!(raw.out, b"one\r\ntwo\r\n\r\n");
+        let mut cooked = LogWriter {
+            out: Vec::new(),
+            raw: || false,
+        };
+        cooked.write_all(b"one\ntwo\n").unwrap();
+        assert_eq!(cooked.out, b"one\ntwo\n");
+    }
 }
