@@ -65,7 +65,7 @@ pub struct MttyDevice {
     // Declared before `consoles`: the card (and with it the device's channel ends) drops
     // first, so console threads see the device gone and exit before they are joined.
     card: Arc<Card>,
-    consoles: Vec<Console>,
+    consoles: Vec<(usize, Console)>,
     interrupts: Arc<Interrupts>,
     _reservation: Option<Reservation>,
 }
@@ -107,7 +107,7 @@ impl MttyDevice {
             match console::start(&spec, host, &label) {
                 Ok(Some(c)) => {
                     log::info!("{label}: {}", c.description());
-                    running.push(c);
+                    running.push((i, c));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -131,11 +131,11 @@ impl MttyDevice {
         &self.card
     }
 
-    /// What each non-loopback port is connected to.
+    /// What each non-loopback port is connected to (`port1 pty /dev/pts/3`).
     pub fn consoles(&self) -> Vec<String> {
         self.consoles
             .iter()
-            .map(|c| c.description().to_string())
+            .map(|(i, c)| format!("port{i} {}", c.description()))
             .collect()
     }
 
@@ -219,6 +219,11 @@ impl Device for MttyDevice {
     }
 
     fn describe(&self) -> String {
-        self.name.clone()
+        let consoles = self.consoles();
+        if consoles.is_empty() {
+            format!("{}: every port loops back", self.name)
+        } else {
+            format!("{}: {}", self.name, consoles.join("; "))
+        }
     }
 }

@@ -550,6 +550,18 @@ fn pty_console_round_trips_bytes_and_can_be_reopened() {
     init_port(&mut c);
     assert!(carrier(&mut c), "a pty console has carrier");
 
+    // `mtty list` tells the user where the port is.
+    let listing = Command::new(env!("CARGO_BIN_EXE_mtty"))
+        .args(["list", "--json", "--dir"])
+        .arg(&scratch.0)
+        .output()
+        .expect("mtty list");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.contains(&format!("port0 pty {}", path.display())),
+        "list names the pty: {listing}"
+    );
+
     for session in 0..2 {
         let mut pts = open_pts(&path);
         assert!(

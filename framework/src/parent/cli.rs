@@ -176,6 +176,9 @@ fn print_instances(list: &[InstanceInfo]) {
             i.device_set,
             i.socket.display()
         );
+        if !i.description.is_empty() {
+            println!("    {}", i.description);
+        }
     }
 }
 

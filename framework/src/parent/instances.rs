@@ -76,6 +76,9 @@ pub struct InstanceInfo {
     pub device_set: String,
     /// Its create-time parameters.
     pub params: CreateParams,
+    /// What the device says of itself (`Device::describe`), e.g. where its consoles are.
+    #[serde(default)]
+    pub description: String,
 }
 
 struct Instance {
@@ -97,6 +100,7 @@ impl Instance {
             open_connections: self.server.handle().open_count(),
             device_set: self.server.handle().set().name(),
             params: self.params.clone(),
+            description: self.server.handle().lock().describe(),
         }
     }
 }
