@@ -20,6 +20,7 @@ pub enum ViewerCommand {
     /// Save the instance's current frame as a PNG (once, or every SECS seconds into a
     /// directory until interrupted). Attaches as an extra client; the guest is not disturbed.
     Snapshot {
+        /// Where the parent's sockets are.
         #[command(flatten)]
         dir: DirArg,
         /// Take a snapshot every SECS seconds.
@@ -47,6 +48,7 @@ pub enum ViewerCommand {
     },
     /// Show the instance's display live in this (truecolor) terminal; q, Esc or Ctrl-C quits.
     View {
+        /// Where the parent's sockets are.
         #[command(flatten)]
         dir: DirArg,
         /// Instance UUID.

@@ -115,6 +115,17 @@ impl Drop for DisplayClient {
 }
 
 fn map_read_only(file: &File, offset: u64, len: usize) -> Result<Mmap, ClientError> {
+    // Pages past the end of the file would fault (SIGBUS) on the first read: refuse a
+    // region the file does not back instead.
+    let file_len = file.metadata().map_err(ClientError::Map)?.len();
+    let backed = offset
+        .checked_add(len as u64)
+        .is_some_and(|end| end <= file_len);
+    if !backed {
+        return Err(ClientError::NotMappable(
+            "BAR0 reaches past the end of its file",
+        ));
+    }
     // SAFETY: the mapping is shared memory the device and the guest write concurrently; we
     // only ever read it as plain bytes (a torn frame is acceptable for a viewer), and the
     // file is a memfd whose size the server fixed before handing it out, so the mapping

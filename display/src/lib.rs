@@ -15,6 +15,8 @@
 //! A viewer is one more vfio-user client of the instance: it never resets the device and
 //! closing it leaves the guest undisturbed.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod client;
 pub mod device;

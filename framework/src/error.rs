@@ -9,8 +9,11 @@ pub enum DeviceError {
     /// The access (region, offset, length) is not one the device accepts.
     #[error("invalid access to region {region} at {offset:#x}, {len} bytes")]
     InvalidAccess {
+        /// Region index.
         region: u32,
+        /// Offset into the region.
         offset: u64,
+        /// Access length in bytes.
         len: usize,
     },
     /// A request argument is out of range.

@@ -520,10 +520,10 @@ mod tests {
 
     fn eventfd() -> (File, EventFd) {
         let e = EventFd::new(EFD_NONBLOCK).unwrap();
-        let dup = e.try_clone().unwrap();
-        // SAFETY: `dup` owns a fresh fd; into_raw_fd-like transfer through as_raw_fd + forget.
-        let file =
-            unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(libc::dup(dup.as_raw_fd())) };
+        // SAFETY: `e` owns this open fd and outlives the borrow, which is only used to
+        // duplicate it into a new fd the returned `File` owns.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(e.as_raw_fd()) };
+        let file = File::from(borrowed.try_clone_to_owned().unwrap());
         (file, e)
     }
 

@@ -40,6 +40,8 @@
 //! than one device of a set always holds that set's lock first. No lock is held while
 //! blocking on a socket.
 
+#![warn(missing_docs)]
+
 pub mod device;
 pub mod device_set;
 pub mod dma;

@@ -8,7 +8,7 @@ use std::io;
 use std::sync::Arc;
 
 use bitflags::bitflags;
-use vm_memory::mmap::MmapRegion;
+use vm_memory::mmap::{MmapRegion, MmapRegionError};
 use vm_memory::{FileOffset, VolatileMemory};
 
 /// VFIO PCI region index of BAR `n` is `n`.
@@ -137,7 +137,7 @@ impl SharedMemory {
     pub fn from_file(file: File, size: usize) -> io::Result<Self> {
         let file = Arc::new(file);
         let map = MmapRegion::from_file(FileOffset::from_arc(file.clone(), 0), size)
-            .map_err(|e| io::Error::other(format!("mmap of {size} bytes failed: {e}")))?;
+            .map_err(|e| mmap_error(size, e))?;
         Ok(SharedMemory { file, map })
     }
 
@@ -194,6 +194,21 @@ impl SharedMemory {
             .get_slice(offset, len)
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
     }
+}
+
+/// An `io::Error` for a failed mapping of `size` bytes that keeps the OS errno when there
+/// is one (a client's fd that is a pipe fails its seek with ESPIPE) and says EINVAL for a
+/// range the file cannot back.
+fn mmap_error(size: usize, e: MmapRegionError) -> io::Error {
+    let errno = match &e {
+        MmapRegionError::Mmap(io)
+        | MmapRegionError::SeekEnd(io)
+        | MmapRegionError::SeekStart(io) => io.raw_os_error().unwrap_or(libc::EIO),
+        MmapRegionError::MappingPastEof | MmapRegionError::InvalidOffsetLength => libc::EINVAL,
+        _ => libc::EIO,
+    };
+    log::warn!("mmap of {size} bytes failed: {e}");
+    io::Error::from_raw_os_error(errno)
 }
 
 #[cfg(test)]

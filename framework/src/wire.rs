@@ -209,6 +209,8 @@ unsafe impl ByteValued for RegionInfoMsg {}
 
 /// Region capability id: sparse mmap areas.
 pub const REGION_INFO_CAP_SPARSE_MMAP: u16 = 1;
+/// Version of the sparse mmap capability we send.
+pub const SPARSE_MMAP_CAP_VERSION: u16 = 1;
 
 /// A region capability header.
 #[repr(C)]

@@ -36,8 +36,16 @@ const OFF_EXTENSIONS: usize = 126;
 const OFF_CHECKSUM: usize = 127;
 
 const DESCRIPTOR_LEN: usize = 18;
+/// Number of 18-byte descriptors in the base block.
+const DESCRIPTOR_SLOTS: usize = 4;
 const STANDARD_SLOTS: usize = 8;
 const UNUSED_STANDARD: [u8; 2] = [0x01, 0x01];
+/// Standard timing byte 0: width / 8 − 31.
+const STANDARD_WIDTH_UNIT: u32 = 8;
+const STANDARD_WIDTH_BIAS: u32 = 31;
+/// Standard timing byte 1: aspect ratio in the top two bits, refresh − 60 below.
+const STANDARD_ASPECT_SHIFT: u8 = 6;
+const STANDARD_REFRESH_BASE: u32 = 60;
 
 /// Manufacturer id "MDV" (three 5-bit letters, 'A' = 1).
 const MANUFACTURER: [u8; 3] = *b"MDV";
@@ -74,6 +82,28 @@ enum Aspect {
     A4x3 = 0b01,
     A5x4 = 0b10,
     A16x9 = 0b11,
+}
+
+impl Aspect {
+    /// The aspect of a standard timing's second byte.
+    fn of_standard(info: u8) -> Self {
+        match info >> STANDARD_ASPECT_SHIFT {
+            0b00 => Aspect::A16x10,
+            0b01 => Aspect::A4x3,
+            0b10 => Aspect::A5x4,
+            _ => Aspect::A16x9,
+        }
+    }
+
+    /// The height of a mode `width` pixels wide.
+    fn height(self, width: u32) -> u32 {
+        match self {
+            Aspect::A16x10 => width * 10 / 16,
+            Aspect::A4x3 => width * 3 / 4,
+            Aspect::A5x4 => width * 4 / 5,
+            Aspect::A16x9 => width * 9 / 16,
+        }
+    }
 }
 
 /// Candidate standard timings, in the order they are listed.
@@ -218,9 +248,10 @@ fn chromaticity() -> [u8; 10] {
 
 /// The two bytes of a standard timing, or `None` when the width cannot be encoded.
 fn standard_timing(res: Resolution, aspect: Aspect) -> Option<[u8; 2]> {
-    let code = (u32::from(res.width) / 8).checked_sub(31)?;
+    let code = (u32::from(res.width) / STANDARD_WIDTH_UNIT).checked_sub(STANDARD_WIDTH_BIAS)?;
     let code = u8::try_from(code).ok().filter(|c| *c != 0)?;
-    Some([code, ((aspect as u8) << 6) | (REFRESH_HZ - 60) as u8])
+    let refresh = (REFRESH_HZ - STANDARD_REFRESH_BASE) as u8;
+    Some([code, ((aspect as u8) << STANDARD_ASPECT_SHIFT) | refresh])
 }
 
 /// The EDID of a display whose preferred mode is `preferred` and largest mode `max`, within
@@ -345,17 +376,12 @@ pub fn parse_edid(e: &[u8]) -> Result<EdidSummary, EdidError> {
         if [code, info] == UNUSED_STANDARD || code == 0 {
             continue;
         }
-        let w = (u32::from(code) + 31) * 8;
-        let h = match info >> 6 {
-            0b00 => w * 10 / 16,
-            0b01 => w * 3 / 4,
-            0b10 => w * 4 / 5,
-            _ => w * 9 / 16,
-        };
+        let w = (u32::from(code) + STANDARD_WIDTH_BIAS) * STANDARD_WIDTH_UNIT;
+        let h = Aspect::of_standard(info).height(w);
         modes.push(Resolution::new(w as u16, h as u16));
     }
     let mut preferred = None;
-    for i in 0..4 {
+    for i in 0..DESCRIPTOR_SLOTS {
         let d = &e[OFF_DESCRIPTORS + i * DESCRIPTOR_LEN..][..DESCRIPTOR_LEN];
         if d[0] == 0 && d[1] == 0 {
             continue;

@@ -13,6 +13,8 @@
 //! Linux's `bochs` DRM driver binds the function (1234:1111, class 0x0380), finds the DISPI
 //! interface in BAR2, reads the EDID and programs modes with 16-bit MMIO writes.
 
+#![warn(missing_docs)]
+
 pub mod device;
 pub mod dispi;
 pub mod driver;

@@ -10,6 +10,8 @@
 //! The mode is fixed by the type; the guest (the kernel's `mdpy-fb` sample, or anything that
 //! maps BAR0) draws XRGB8888 pixels straight into the shared framebuffer.
 
+#![warn(missing_docs)]
+
 pub mod device;
 pub mod driver;
 pub mod mode;

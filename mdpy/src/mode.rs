@@ -15,6 +15,8 @@ pub const FORMAT_OFFSET: u64 = 0x44;
 pub const WIDTH_OFFSET: u64 = 0x48;
 /// Config-space offset of the height (u32).
 pub const HEIGHT_OFFSET: u64 = 0x4c;
+/// Bytes from [`FORMAT_OFFSET`] to the end of the height: the three mode fields.
+pub const MODE_FIELDS_LEN: usize = (HEIGHT_OFFSET + 4 - FORMAT_OFFSET) as usize;
 
 /// The capability's bytes after its 3-byte header (ID, next, length): one pad byte, then
 /// format, width and height, so the fields land at 0x44, 0x48 and 0x4c.
@@ -28,11 +30,14 @@ pub fn mode_capability_body(mode: &Mode) -> Vec<u8> {
 
 /// Decodes the 12 bytes at [`FORMAT_OFFSET`]: a packed mode, or `None` for an unknown format
 /// or an empty size.
-pub fn decode_mode(fields: &[u8; 12]) -> Option<Mode> {
-    let word =
-        |i: usize| u32::from_le_bytes([fields[i], fields[i + 1], fields[i + 2], fields[i + 3]]);
-    let format = PixelFormat::from_fourcc(word(0))?;
-    let (width, height) = (word(4), word(8));
+pub fn decode_mode(fields: &[u8; MODE_FIELDS_LEN]) -> Option<Mode> {
+    // Every field lies inside the fixed-size array: the offsets are constants below 12.
+    let word = |at: u64| {
+        let i = (at - FORMAT_OFFSET) as usize;
+        u32::from_le_bytes([fields[i], fields[i + 1], fields[i + 2], fields[i + 3]])
+    };
+    let format = PixelFormat::from_fourcc(word(FORMAT_OFFSET))?;
+    let (width, height) = (word(WIDTH_OFFSET), word(HEIGHT_OFFSET));
     (width > 0 && height > 0).then(|| Mode::packed(format, width, height))
 }
 
@@ -46,7 +51,7 @@ impl ModeReader for ConfigModeReader {
         regs: &mut dyn RegisterSource,
         framebuffer_len: u64,
     ) -> Result<Option<Mode>, ClientError> {
-        let mut fields = [0u8; 12];
+        let mut fields = [0u8; MODE_FIELDS_LEN];
         regs.read(CONFIG_REGION_INDEX, FORMAT_OFFSET, &mut fields)?;
         Ok(decode_mode(&fields).filter(|m| m.fits(framebuffer_len)))
     }

@@ -11,7 +11,7 @@ use mdev::{Device, DeviceError, Interrupts, RegionInfo, SetContext};
 
 use crate::card::{Card, Line, Port};
 use crate::console::{self, Console, ConsoleSpec, PortKick};
-use crate::uart::REGISTER_COUNT;
+use crate::uart::{REGISTER_COUNT, UNDECODED_READ};
 
 /// Vendor id (WCH).
 pub const VENDOR_ID: u16 = 0x4348;
@@ -176,12 +176,12 @@ impl Device for MttyDevice {
             for (i, b) in data.iter_mut().enumerate() {
                 *b = match u8::try_from(offset + i as u64) {
                     Ok(off) => uart.read(off),
-                    Err(_) => 0xff,
+                    Err(_) => UNDECODED_READ,
                 };
             }
         });
         if done.is_none() {
-            data.fill(0xff);
+            data.fill(UNDECODED_READ);
         }
         Ok(())
     }

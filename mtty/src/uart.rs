@@ -12,6 +12,11 @@ pub const FIFO_SIZE: usize = 16;
 /// Number of register offsets a port decodes.
 pub const REGISTER_COUNT: u64 = 8;
 
+/// What a read of an offset the port does not decode returns: the bus floats high.
+pub const UNDECODED_READ: u8 = 0xff;
+/// Divisor latch low byte at reset: 12, i.e. 9600 baud from the 1.8432 MHz clock.
+pub const DLL_RESET: u8 = 0x0c;
+
 /// RBR (read) / THR (write); DLL when LCR.DLAB is set.
 pub const RBR_THR: u8 = 0;
 /// IER; DLM when LCR.DLAB is set.
@@ -210,7 +215,7 @@ impl Uart {
             deltas: Msr::empty(),
             fifo_enabled: false,
             trigger: 1,
-            dll: 0x0c,
+            dll: DLL_RESET,
             dlm: 0,
             scr: 0,
             thre_pending: false,
@@ -226,7 +231,7 @@ impl Uart {
         self.external = external;
     }
 
-    /// A read of register `offset` (0..8); other offsets read as 0xff.
+    /// A read of register `offset` (0..8); other offsets read as [`UNDECODED_READ`].
     pub fn read(&mut self, offset: u8) -> u8 {
         let dlab = self.lcr.contains(Lcr::DLAB);
         match offset {
@@ -248,7 +253,7 @@ impl Uart {
                 msr.bits()
             }
             SCR => self.scr,
-            _ => 0xff,
+            _ => UNDECODED_READ,
         }
     }
 

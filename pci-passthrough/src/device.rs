@@ -7,6 +7,7 @@ use std::sync::Arc;
 use log::{debug, info, warn};
 use mdev::dma::DmaMapping;
 use mdev::irq::IrqSpan;
+use mdev::pci::{CommandRegister, PCI_COMMAND};
 use mdev::region::{
     MmapBacking, RegionFlags, RegionInfo, SparseArea, CONFIG_REGION_INDEX, PCI_NUM_REGIONS,
     ROM_REGION_INDEX,
@@ -18,11 +19,6 @@ use crate::dma::IommuSpace;
 use crate::host::{AffectedDevice, HostDevice, HostRegion, HostVfio};
 use crate::irq::{host_layout, IrqForwarder};
 use crate::reset::{plan_device_reset, plan_hot_reset, ResetMethod, ResetState};
-
-/// Offset of the command register in config space.
-const PCI_COMMAND: u64 = 0x04;
-/// Command register: bus master enable.
-const PCI_COMMAND_MASTER: u16 = 1 << 2;
 
 /// A host PCI function served over vfio-user.
 pub struct PassthroughDevice<V: HostVfio> {
@@ -123,10 +119,10 @@ impl<V: HostVfio> PassthroughDevice<V> {
         let Ok(config) = self.region(CONFIG_REGION_INDEX) else {
             return;
         };
-        let at = config.offset + PCI_COMMAND;
+        let at = config.offset + PCI_COMMAND as u64;
         let mut cmd = [0u8; 2];
         let result = self.device.read(at, &mut cmd).and_then(|()| {
-            let value = u16::from_le_bytes(cmd) & !PCI_COMMAND_MASTER;
+            let value = u16::from_le_bytes(cmd) & !CommandRegister::BUS_MASTER.bits();
             self.device.write(at, &value.to_le_bytes())
         });
         if let Err(e) = result {

@@ -19,6 +19,8 @@
 //! VFIO interface the host offers (group + container, implemented; device cdev + iommufd,
 //! detected and reported, not implemented).
 
+#![warn(missing_docs)]
+
 pub mod address;
 pub mod device;
 pub mod dma;

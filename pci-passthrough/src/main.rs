@@ -10,6 +10,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use log::{error, info};
 use mdev::parent::cli::{block_shutdown_signals, wait_for_shutdown};
+use mdev::pci::CommandRegister;
 use mdev::region::CONFIG_REGION_INDEX;
 use mdev::server::DeviceServer;
 use mdev::DeviceSets;
@@ -19,9 +20,11 @@ use pci_passthrough::vfio_host::VfioContainer;
 use pci_passthrough::{Passthrough, PciAddress};
 
 /// Offset of the PCI command register.
-const PCI_COMMAND: u64 = 0x04;
+const PCI_COMMAND: u64 = mdev::pci::PCI_COMMAND as u64;
 /// Command register: memory decoding and bus mastering on.
-const PCI_COMMAND_MEMORY_MASTER: u16 = 0x2 | 0x4;
+const PCI_COMMAND_MEMORY_MASTER: u16 = CommandRegister::MEMORY
+    .union(CommandRegister::BUS_MASTER)
+    .bits();
 
 #[derive(Parser)]
 #[command(

@@ -60,10 +60,37 @@ const IRQ_SET_WORDS: usize = size_of::<uapi::vfio_irq_set>() / size_of::<u32>();
 const HOT_RESET_WORDS: usize = size_of::<uapi::vfio_pci_hot_reset>() / size_of::<u32>();
 /// Size of one `vfio_pci_dependent_device` in `u32` words.
 const DEPENDENT_WORDS: usize = size_of::<uapi::vfio_pci_dependent_device>() / size_of::<u32>();
+/// Word index of `argsz`, the first field of every VFIO ioctl argument struct.
+const ARGSZ_WORD: usize = 0;
+/// Word indices of the fields of `vfio_irq_set`.
+const IRQ_SET_FLAGS_WORD: usize = std::mem::offset_of!(uapi::vfio_irq_set, flags) / 4;
+const IRQ_SET_INDEX_WORD: usize = std::mem::offset_of!(uapi::vfio_irq_set, index) / 4;
+const IRQ_SET_START_WORD: usize = std::mem::offset_of!(uapi::vfio_irq_set, start) / 4;
+const IRQ_SET_COUNT_WORD: usize = std::mem::offset_of!(uapi::vfio_irq_set, count) / 4;
+/// Word index of `count` in `vfio_pci_hot_reset` and `vfio_pci_hot_reset_info` (same layout).
+const HOT_RESET_COUNT_WORD: usize = std::mem::offset_of!(uapi::vfio_pci_hot_reset, count) / 4;
+const _: () = assert!(
+    std::mem::offset_of!(uapi::vfio_pci_hot_reset, count)
+        == std::mem::offset_of!(uapi::vfio_pci_hot_reset_info, count)
+);
+/// Word index of the group id in `vfio_pci_dependent_device`.
+const DEPENDENT_GROUP_WORD: usize = 0;
+/// Word index of segment (u16), bus and devfn in `vfio_pci_dependent_device`.
+const DEPENDENT_LOCATION_WORD: usize =
+    std::mem::offset_of!(uapi::vfio_pci_dependent_device, segment) / 4;
 /// Size of `vfio_region_sparse_mmap_area`.
 const SPARSE_AREA_SIZE: usize = size_of::<uapi::vfio_region_sparse_mmap_area>();
 /// Offset of the area array in the sparse mmap capability.
 const SPARSE_AREAS_OFFSET: usize = size_of::<uapi::vfio_region_info_cap_sparse_mmap>();
+/// Offset of `cap_offset` in `vfio_region_info`.
+const REGION_INFO_CAP_OFFSET: usize = std::mem::offset_of!(uapi::vfio_region_info, cap_offset);
+/// Offset of `id` in `vfio_info_cap_header`.
+const CAP_HEADER_ID: usize = std::mem::offset_of!(uapi::vfio_info_cap_header, id);
+/// Offset of `next` in `vfio_info_cap_header`.
+const CAP_HEADER_NEXT: usize = std::mem::offset_of!(uapi::vfio_info_cap_header, next);
+/// Offset of `nr_areas` in the sparse mmap capability.
+const SPARSE_NR_AREAS: usize =
+    std::mem::offset_of!(uapi::vfio_region_info_cap_sparse_mmap, nr_areas);
 /// Most capability headers followed in one chain (a loop guard).
 const MAX_CAPS: usize = 64;
 
@@ -230,8 +257,8 @@ impl HostVfio for VfioContainer {
                 .collect::<io::Result<_>>()?
         };
         let mut buf = vec![0u32; HOT_RESET_WORDS + fds.len()];
-        buf[0] = (buf.len() * size_of::<u32>()) as u32; // argsz
-        buf[2] = fds.len() as u32; // count
+        buf[ARGSZ_WORD] = (buf.len() * size_of::<u32>()) as u32;
+        buf[HOT_RESET_COUNT_WORD] = fds.len() as u32;
         for (slot, f) in buf[HOT_RESET_WORDS..].iter_mut().zip(&fds) {
             *slot = f.as_raw_fd() as u32;
         }
@@ -300,6 +327,8 @@ impl VfioDevice {
 
     /// Reads the capability chain of a region whose info has `CAPS`, for sparse mmap areas.
     fn sparse_areas(&self, index: u32, argsz: u32) -> io::Result<Option<Vec<SparseArea>>> {
+        // Never smaller than the fixed struct, whatever argsz the caller passes.
+        let argsz = argsz.max(size_of::<uapi::vfio_region_info>() as u32);
         let words = (argsz as usize).div_ceil(size_of::<u64>());
         let mut buf = vec![0u64; words];
         let header = uapi::vfio_region_info {
@@ -307,7 +336,9 @@ impl VfioDevice {
             index,
             ..Default::default()
         };
-        // SAFETY: `buf` is at least argsz bytes, u64-aligned, and starts with a plain struct.
+        // SAFETY: `buf` holds at least argsz >= size_of::<vfio_region_info>() bytes (clamped
+        // above), is u64-aligned (enough for the struct's u64 fields), and the struct is
+        // plain integers, so writing it at the start stays inside the allocation.
         unsafe { std::ptr::write(buf.as_mut_ptr().cast(), header) };
         // SAFETY: the kernel writes at most argsz bytes into `buf`, which has that many.
         let r = unsafe {
@@ -325,15 +356,17 @@ impl VfioDevice {
         let u64_at = |o: usize| -> Option<u64> {
             Some(u64::from_ne_bytes(bytes.get(o..o + 8)?.try_into().ok()?))
         };
-        // vfio_region_info.cap_offset is the fourth u32.
-        let mut next = u32_at(12).unwrap_or(0) as usize;
+        let u16_at = |o: usize| -> Option<u16> {
+            Some(u16::from_ne_bytes(bytes.get(o..o + 2)?.try_into().ok()?))
+        };
+        let mut next = u32_at(REGION_INFO_CAP_OFFSET).unwrap_or(0) as usize;
         for _ in 0..MAX_CAPS {
             if next == 0 {
                 break;
             }
-            let id = u32_at(next).map(|v| v & 0xffff);
+            let id = u16_at(next + CAP_HEADER_ID).map(u32::from);
             if id == Some(uapi::VFIO_REGION_INFO_CAP_SPARSE_MMAP) {
-                let count = u32_at(next + 8).unwrap_or(0) as usize;
+                let count = u32_at(next + SPARSE_NR_AREAS).unwrap_or(0) as usize;
                 let areas = (0..count)
                     .filter_map(|i| {
                         let at = next + SPARSE_AREAS_OFFSET + i * SPARSE_AREA_SIZE;
@@ -346,7 +379,7 @@ impl VfioDevice {
                     .collect();
                 return Ok(Some(areas));
             }
-            next = u32_at(next + 4).unwrap_or(0) as usize;
+            next = u32_at(next + CAP_HEADER_NEXT).unwrap_or(0) as usize;
         }
         Ok(None)
     }
@@ -421,11 +454,11 @@ impl HostDevice for VfioDevice {
             None => (uapi::VFIO_IRQ_SET_DATA_NONE, &[][..]),
         };
         let mut buf = vec![0u32; IRQ_SET_WORDS + fds.len()];
-        buf[0] = (buf.len() * size_of::<u32>()) as u32; // argsz
-        buf[1] = data | action; // flags
-        buf[2] = set.index;
-        buf[3] = set.start;
-        buf[4] = set.count;
+        buf[ARGSZ_WORD] = (buf.len() * size_of::<u32>()) as u32;
+        buf[IRQ_SET_FLAGS_WORD] = data | action;
+        buf[IRQ_SET_INDEX_WORD] = set.index;
+        buf[IRQ_SET_START_WORD] = set.start;
+        buf[IRQ_SET_COUNT_WORD] = set.count;
         for (slot, fd) in buf[IRQ_SET_WORDS..].iter_mut().zip(fds) {
             *slot = *fd as u32;
         }
@@ -451,9 +484,9 @@ impl HostDevice for VfioDevice {
         let mut count = 0usize;
         loop {
             let mut buf = vec![0u32; HOT_RESET_WORDS + count * DEPENDENT_WORDS];
-            buf[0] = (buf.len() * size_of::<u32>()) as u32; // argsz
-                                                            // SAFETY: the kernel writes at most argsz bytes into `buf` (a header and `count`
-                                                            // dependent devices), which has exactly that many.
+            buf[ARGSZ_WORD] = (buf.len() * size_of::<u32>()) as u32;
+            // SAFETY: the kernel writes at most argsz bytes into `buf` (a header and `count`
+            // dependent devices), which has exactly that many.
             let r = unsafe {
                 libc::ioctl(
                     self.file.as_raw_fd(),
@@ -461,7 +494,7 @@ impl HostDevice for VfioDevice {
                     buf.as_mut_ptr(),
                 )
             };
-            let reported = buf[2] as usize;
+            let reported = buf[HOT_RESET_COUNT_WORD] as usize;
             match check(r) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && reported > count => {
                     count = reported;
@@ -474,14 +507,15 @@ impl HostDevice for VfioDevice {
                 .chunks_exact(DEPENDENT_WORDS)
                 .take(reported)
                 .map(|d| {
-                    let [segment_lo, segment_hi, bus, devfn] = d[1].to_ne_bytes();
+                    let [segment_lo, segment_hi, bus, devfn] =
+                        d[DEPENDENT_LOCATION_WORD].to_ne_bytes();
                     AffectedDevice {
                         address: PciAddress::from_devfn(
                             u16::from_ne_bytes([segment_lo, segment_hi]),
                             bus,
                             devfn,
                         ),
-                        group: d[0],
+                        group: d[DEPENDENT_GROUP_WORD],
                     }
                 })
                 .collect());

@@ -17,12 +17,21 @@ const MAX_FDS: usize = 1024;
 /// A malformed or unusable activation environment.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ActivationError {
+    /// `LISTEN_FDS` is not a number (or is too large).
     #[error("LISTEN_FDS={0:?} is not a count")]
     BadCount(String),
+    /// `LISTEN_PID` is not a process id.
     #[error("LISTEN_PID={0:?} is not a process id")]
     BadPid(String),
+    /// `LISTEN_FDNAMES` has a different number of names than `LISTEN_FDS` fds.
     #[error("LISTEN_FDNAMES names {names} fds but LISTEN_FDS is {fds}")]
-    NameCount { names: usize, fds: usize },
+    NameCount {
+        /// Names in `LISTEN_FDNAMES`.
+        names: usize,
+        /// The `LISTEN_FDS` count.
+        fds: usize,
+    },
+    /// A passed fd is not a listening UNIX stream socket.
     #[error("fd {0} is not a listening UNIX stream socket")]
     NotAListener(RawFd),
 }

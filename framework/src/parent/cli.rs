@@ -36,6 +36,7 @@ pub enum ParentCommand {
     /// Run the parent: serve the control socket and the instances given with --create until
     /// SIGINT/SIGTERM.
     Serve {
+        /// Where the parent's sockets are.
         #[command(flatten)]
         dir: DirArg,
         /// Create an instance at start: TYPE[,uuid=UUID][,KEY=VALUE…] (repeatable).
@@ -44,6 +45,7 @@ pub enum ParentCommand {
     },
     /// List the types and how many instances each can still have.
     Types {
+        /// Where the parent's sockets are.
         #[command(flatten)]
         dir: DirArg,
         /// Print JSON.
@@ -52,6 +54,7 @@ pub enum ParentCommand {
     },
     /// List instances (uuid, type, socket, open connections, device set).
     List {
+        /// Where the parent's sockets are.
         #[command(flatten)]
         dir: DirArg,
         /// Print JSON.
@@ -60,6 +63,7 @@ pub enum ParentCommand {
     },
     /// Create an instance in a running parent.
     Create {
+        /// Where the parent's sockets are.
         #[command(flatten)]
         dir: DirArg,
         /// Type name.
@@ -77,6 +81,7 @@ pub enum ParentCommand {
     },
     /// Remove an instance from a running parent.
     Remove {
+        /// Where the parent's sockets are.
         #[command(flatten)]
         dir: DirArg,
         /// Instance UUID.

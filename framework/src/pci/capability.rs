@@ -1,31 +1,74 @@
 //! PCI capabilities a device can put in its capability chain. Each knows its bytes (with the ID
 //! and next-pointer bytes left for the chain to fill) and which bits the guest may write.
 
-/// Capability IDs (PCI Local Bus spec, "Capability IDs").
+// Capability IDs (PCI Local Bus spec, "Capability IDs").
+/// Capability ID: power management.
 pub const PCI_CAP_ID_PM: u8 = 0x01;
+/// Capability ID: MSI.
 pub const PCI_CAP_ID_MSI: u8 = 0x05;
+/// Capability ID: vendor specific.
 pub const PCI_CAP_ID_VNDR: u8 = 0x09;
+/// Capability ID: PCI Express.
 pub const PCI_CAP_ID_EXP: u8 = 0x10;
+/// Capability ID: MSI-X.
 pub const PCI_CAP_ID_MSIX: u8 = 0x11;
 
-/// MSI message control bits.
+/// Offset of the 16-bit control register (MSI, MSI-X) or capabilities register (PM) inside
+/// a capability, right after the ID and next-pointer bytes.
+pub const PCI_CAP_CONTROL: usize = 2;
+
+// MSI message control bits.
+/// MSI control: MSI enable.
 pub const MSI_CTRL_ENABLE: u16 = 1 << 0;
+/// MSI control: shift of the "multiple message capable" field.
 pub const MSI_CTRL_MMC_SHIFT: u16 = 1;
+/// MSI control: shift of the "multiple message enable" field.
 pub const MSI_CTRL_MME_SHIFT: u16 = 4;
+/// MSI control: the "multiple message enable" field.
 pub const MSI_CTRL_MME_MASK: u16 = 0x7 << MSI_CTRL_MME_SHIFT;
+/// MSI control: 64-bit message address capable.
 pub const MSI_CTRL_64BIT: u16 = 1 << 7;
+/// MSI control: per-vector masking capable.
 pub const MSI_CTRL_PER_VECTOR_MASK: u16 = 1 << 8;
+/// Offset of the MSI message address (low dword) inside the capability.
+pub const MSI_ADDRESS_LO: usize = 4;
+/// Writable bits of the MSI message address low dword: it is dword aligned.
+pub const MSI_ADDRESS_LO_MASK: u32 = !0x3;
+/// Largest MSI vector count.
+pub const MSI_MAX_VECTORS: u8 = 32;
 
-/// MSI-X message control bits.
+// MSI-X message control bits.
+/// MSI-X control: table size minus one.
 pub const MSIX_CTRL_TABLE_SIZE_MASK: u16 = 0x07ff;
+/// MSI-X control: function mask.
 pub const MSIX_CTRL_FUNCTION_MASK: u16 = 1 << 14;
+/// MSI-X control: MSI-X enable.
 pub const MSIX_CTRL_ENABLE: u16 = 1 << 15;
+/// Offset of the MSI-X table offset/BIR dword inside the capability.
+pub const MSIX_TABLE: usize = 4;
+/// Offset of the MSI-X PBA offset/BIR dword inside the capability.
+pub const MSIX_PBA: usize = 8;
+/// Low bits of the table and PBA dwords: the BAR indicator (BIR); the rest is the offset.
+pub const MSIX_BIR_MASK: u32 = 0x7;
+/// Size of the MSI-X capability.
+pub const MSIX_CAP_LEN: usize = 12;
 
-/// Power-management control/status: the power state field and "no soft reset".
+// Power-management registers.
+/// Offset of the PM control/status register inside the capability.
+pub const PM_CTRL: usize = 4;
+/// PM control/status: the power state field.
 pub const PM_CTRL_STATE_MASK: u16 = 0x0003;
+/// PM control/status: "no soft reset" (state kept across D3hot to D0).
 pub const PM_CTRL_NO_SOFT_RESET: u16 = 1 << 3;
 /// PM capabilities register: version 3 (PCI PM 1.2).
 pub const PM_CAP_VERSION_1_2: u16 = 0x0003;
+/// Size of the PM capability.
+pub const PM_CAP_LEN: usize = 8;
+
+/// Offset of the length byte of a vendor-specific capability.
+pub const VNDR_LEN: usize = 2;
+/// Bytes before a vendor-specific capability's body: ID, next pointer, length.
+pub const VNDR_HEADER_LEN: usize = 3;
 
 /// A capability structure. `bytes()[0]` is the ID and `bytes()[1]` the next pointer, both
 /// filled in by the chain; the rest is the body. `write_mask()` has one entry per byte.
@@ -38,18 +81,31 @@ pub trait PciCapability {
     fn write_mask(&self) -> Vec<u8>;
 }
 
+/// Writes `v` little-endian at `at` of `b`.
+fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Writes `v` little-endian at `at` of `b`.
+fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
 /// An MSI capability with 1, 2, 4, 8, 16 or 32 vectors.
 #[derive(Clone, Copy, Debug)]
 pub struct MsiCapability {
+    /// Vectors offered; rounded up to a power of two, clamped to 1..=32.
     pub vectors: u8,
+    /// Whether the message address is 64-bit.
     pub address_64: bool,
+    /// Whether the capability has per-vector mask and pending bits.
     pub per_vector_mask: bool,
 }
 
 impl MsiCapability {
     /// Log2 of the vector count, the "multiple message capable" field.
     fn mmc(&self) -> u16 {
-        let v = self.vectors.clamp(1, 32).next_power_of_two();
+        let v = self.vectors.clamp(1, MSI_MAX_VECTORS).next_power_of_two();
         v.trailing_zeros() as u16
     }
 
@@ -65,8 +121,10 @@ impl MsiCapability {
     fn len(&self) -> usize {
         let (_, data, mask, _) = Self::layout(self.address_64);
         if self.per_vector_mask {
+            // Mask and pending dwords.
             mask + 8
         } else {
+            // The 16-bit message data.
             data + 2
         }
     }
@@ -86,28 +144,26 @@ impl PciCapability for MsiCapability {
         if self.per_vector_mask {
             ctrl |= MSI_CTRL_PER_VECTOR_MASK;
         }
-        b[2..4].copy_from_slice(&ctrl.to_le_bytes());
+        put16(&mut b, PCI_CAP_CONTROL, ctrl);
         b
     }
 
     fn write_mask(&self) -> Vec<u8> {
         let mut m = vec![0; self.len()];
-        let ctrl = MSI_CTRL_ENABLE | MSI_CTRL_MME_MASK;
-        m[2..4].copy_from_slice(&ctrl.to_le_bytes());
-        // Message address: dword aligned.
-        m[4..8].copy_from_slice(&0xffff_fffcu32.to_le_bytes());
+        put16(&mut m, PCI_CAP_CONTROL, MSI_CTRL_ENABLE | MSI_CTRL_MME_MASK);
+        put32(&mut m, MSI_ADDRESS_LO, MSI_ADDRESS_LO_MASK);
         let (hi, data, mask, _) = Self::layout(self.address_64);
         if let Some(hi) = hi {
-            m[hi..hi + 4].fill(0xff);
+            put32(&mut m, hi, u32::MAX);
         }
-        m[data..data + 2].fill(0xff);
+        put16(&mut m, data, u16::MAX);
         if self.per_vector_mask {
-            let bits = if self.vectors >= 32 {
+            let bits = if self.vectors >= MSI_MAX_VECTORS {
                 u32::MAX
             } else {
                 (1u32 << (1u32 << self.mmc())) - 1
             };
-            m[mask..mask + 4].copy_from_slice(&bits.to_le_bytes());
+            put32(&mut m, mask, bits);
         }
         m
     }
@@ -116,10 +172,15 @@ impl PciCapability for MsiCapability {
 /// An MSI-X capability; the table and PBA live in BARs the device serves itself.
 #[derive(Clone, Copy, Debug)]
 pub struct MsixCapability {
+    /// Number of table entries (1..=2048).
     pub table_size: u16,
+    /// BAR holding the table.
     pub table_bar: u8,
+    /// Offset of the table in its BAR (8-byte aligned).
     pub table_offset: u32,
+    /// BAR holding the pending-bit array.
     pub pba_bar: u8,
+    /// Offset of the pending-bit array in its BAR (8-byte aligned).
     pub pba_offset: u32,
 }
 
@@ -129,20 +190,27 @@ impl PciCapability for MsixCapability {
     }
 
     fn bytes(&self) -> Vec<u8> {
-        let mut b = vec![0; 12];
+        let mut b = vec![0; MSIX_CAP_LEN];
         let ctrl = self.table_size.saturating_sub(1) & MSIX_CTRL_TABLE_SIZE_MASK;
-        b[2..4].copy_from_slice(&ctrl.to_le_bytes());
-        let table = (self.table_offset & !0x7) | u32::from(self.table_bar & 0x7);
-        b[4..8].copy_from_slice(&table.to_le_bytes());
-        let pba = (self.pba_offset & !0x7) | u32::from(self.pba_bar & 0x7);
-        b[8..12].copy_from_slice(&pba.to_le_bytes());
+        put16(&mut b, PCI_CAP_CONTROL, ctrl);
+        let locate =
+            |offset: u32, bar: u8| (offset & !MSIX_BIR_MASK) | (u32::from(bar) & MSIX_BIR_MASK);
+        put32(
+            &mut b,
+            MSIX_TABLE,
+            locate(self.table_offset, self.table_bar),
+        );
+        put32(&mut b, MSIX_PBA, locate(self.pba_offset, self.pba_bar));
         b
     }
 
     fn write_mask(&self) -> Vec<u8> {
-        let mut m = vec![0; 12];
-        let ctrl = MSIX_CTRL_ENABLE | MSIX_CTRL_FUNCTION_MASK;
-        m[2..4].copy_from_slice(&ctrl.to_le_bytes());
+        let mut m = vec![0; MSIX_CAP_LEN];
+        put16(
+            &mut m,
+            PCI_CAP_CONTROL,
+            MSIX_CTRL_ENABLE | MSIX_CTRL_FUNCTION_MASK,
+        );
         m
     }
 }
@@ -157,15 +225,15 @@ impl PciCapability for PmCapability {
     }
 
     fn bytes(&self) -> Vec<u8> {
-        let mut b = vec![0; 8];
-        b[2..4].copy_from_slice(&PM_CAP_VERSION_1_2.to_le_bytes());
-        b[4..6].copy_from_slice(&PM_CTRL_NO_SOFT_RESET.to_le_bytes());
+        let mut b = vec![0; PM_CAP_LEN];
+        put16(&mut b, PCI_CAP_CONTROL, PM_CAP_VERSION_1_2);
+        put16(&mut b, PM_CTRL, PM_CTRL_NO_SOFT_RESET);
         b
     }
 
     fn write_mask(&self) -> Vec<u8> {
-        let mut m = vec![0; 8];
-        m[4..6].copy_from_slice(&PM_CTRL_STATE_MASK.to_le_bytes());
+        let mut m = vec![0; PM_CAP_LEN];
+        put16(&mut m, PM_CTRL, PM_CTRL_STATE_MASK);
         m
     }
 }
@@ -173,7 +241,15 @@ impl PciCapability for PmCapability {
 /// A vendor-specific capability: ID, next, length, then `body`, all read-only.
 #[derive(Clone, Debug)]
 pub struct VendorCapability {
+    /// The bytes after the 3-byte header; cut so the whole capability fits 255 bytes.
     pub body: Vec<u8>,
+}
+
+impl VendorCapability {
+    /// Length of the whole capability, header included (the length byte caps it at 255).
+    fn len(&self) -> usize {
+        (VNDR_HEADER_LEN + self.body.len()).min(u8::MAX as usize)
+    }
 }
 
 impl PciCapability for VendorCapability {
@@ -182,25 +258,28 @@ impl PciCapability for VendorCapability {
     }
 
     fn bytes(&self) -> Vec<u8> {
-        let len = (3 + self.body.len()).min(u8::MAX as usize);
+        let len = self.len();
         let mut b = vec![0; len];
-        b[2] = len as u8;
-        b[3..].copy_from_slice(&self.body[..len - 3]);
+        b[VNDR_LEN] = len as u8;
+        b[VNDR_HEADER_LEN..].copy_from_slice(&self.body[..len - VNDR_HEADER_LEN]);
         b
     }
 
     fn write_mask(&self) -> Vec<u8> {
-        vec![0; (3 + self.body.len()).min(u8::MAX as usize)]
+        vec![0; self.len()]
     }
 }
 
 /// The guest-programmed state of an MSI capability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MsiState {
+    /// MSI enable.
     pub enabled: bool,
     /// Vectors the guest enabled (1 << MME).
     pub vectors: u32,
+    /// The message address.
     pub address: u64,
+    /// The message data.
     pub data: u16,
     /// Per-vector mask bits (0 when the capability has none).
     pub mask: u32,
@@ -209,15 +288,18 @@ pub struct MsiState {
 impl MsiState {
     /// Whether vector `v` is masked.
     pub fn masked(&self, v: u32) -> bool {
-        v < 32 && self.mask & (1 << v) != 0
+        v < u32::from(MSI_MAX_VECTORS) && self.mask & (1 << v) != 0
     }
 }
 
 /// The guest-programmed state of an MSI-X capability.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MsixState {
+    /// MSI-X enable.
     pub enabled: bool,
+    /// Function mask: every vector masked.
     pub function_masked: bool,
+    /// Number of table entries.
     pub table_size: u16,
 }
 

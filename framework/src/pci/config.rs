@@ -9,42 +9,70 @@ use bitflags::bitflags;
 
 use super::capability::{
     MsiCapability, MsiState, MsixState, PciCapability, MSIX_CTRL_ENABLE, MSIX_CTRL_FUNCTION_MASK,
-    MSIX_CTRL_TABLE_SIZE_MASK, MSI_CTRL_64BIT, MSI_CTRL_ENABLE, MSI_CTRL_MME_MASK,
-    MSI_CTRL_MME_SHIFT, MSI_CTRL_PER_VECTOR_MASK, PCI_CAP_ID_MSI, PCI_CAP_ID_MSIX,
+    MSIX_CTRL_TABLE_SIZE_MASK, MSI_ADDRESS_LO, MSI_CTRL_64BIT, MSI_CTRL_ENABLE, MSI_CTRL_MME_MASK,
+    MSI_CTRL_MME_SHIFT, MSI_CTRL_PER_VECTOR_MASK, PCI_CAP_CONTROL, PCI_CAP_ID_MSI, PCI_CAP_ID_MSIX,
 };
 
 /// Size of the conventional configuration space.
 pub const PCI_CONFIG_SPACE_SIZE: usize = 256;
 
-/// Header register offsets.
+// Header register offsets.
+/// Vendor ID (16-bit).
 pub const PCI_VENDOR_ID: usize = 0x00;
+/// Device ID (16-bit).
 pub const PCI_DEVICE_ID: usize = 0x02;
+/// Command register (16-bit).
 pub const PCI_COMMAND: usize = 0x04;
+/// Status register (16-bit).
 pub const PCI_STATUS: usize = 0x06;
+/// Revision ID.
 pub const PCI_REVISION_ID: usize = 0x08;
+/// Programming interface.
 pub const PCI_CLASS_PROG: usize = 0x09;
+/// Subclass (low byte) and class (high byte).
 pub const PCI_CLASS_DEVICE: usize = 0x0a;
+/// Cache line size.
 pub const PCI_CACHE_LINE_SIZE: usize = 0x0c;
+/// Latency timer.
 pub const PCI_LATENCY_TIMER: usize = 0x0d;
+/// Header type.
 pub const PCI_HEADER_TYPE: usize = 0x0e;
+/// First BAR; BAR n is at `PCI_BASE_ADDRESS_0 + 4 * n`.
 pub const PCI_BASE_ADDRESS_0: usize = 0x10;
+/// Subsystem vendor ID (16-bit).
 pub const PCI_SUBSYSTEM_VENDOR_ID: usize = 0x2c;
+/// Subsystem ID (16-bit).
 pub const PCI_SUBSYSTEM_ID: usize = 0x2e;
+/// Expansion ROM base address (32-bit).
 pub const PCI_ROM_ADDRESS: usize = 0x30;
+/// Offset of the first capability.
 pub const PCI_CAPABILITY_LIST: usize = 0x34;
+/// Interrupt line (written by firmware, no effect).
 pub const PCI_INTERRUPT_LINE: usize = 0x3c;
+/// Interrupt pin (0 none, 1..=4 INTA..INTD).
 pub const PCI_INTERRUPT_PIN: usize = 0x3d;
 /// First byte available to capabilities.
 pub const PCI_CAP_START: usize = 0x40;
 
-/// BAR low bits.
+// BAR low bits.
+/// BAR bit 0: an I/O BAR.
 pub const PCI_BAR_IO: u32 = 0x1;
+/// Memory BAR type field: 64-bit.
 pub const PCI_BAR_MEM_TYPE_64: u32 = 0x4;
+/// Memory BAR: prefetchable.
 pub const PCI_BAR_MEM_PREFETCH: u32 = 0x8;
+/// Expansion ROM address register: decode enable.
 pub const PCI_ROM_ENABLE: u32 = 0x1;
 const PCI_BAR_MEM_ADDR_MASK: u32 = !0xf;
 const PCI_BAR_IO_ADDR_MASK: u32 = !0x3;
 const PCI_ROM_ADDR_MASK: u32 = !0x7ff;
+/// Smallest expansion ROM (the address register's low 11 bits are not address bits).
+pub const PCI_ROM_MIN_SIZE: u32 = 0x800;
+/// Highest interrupt pin value (INTD).
+pub const PCI_INTERRUPT_PIN_MAX: u8 = 4;
+/// Hops followed along a capability chain before it is taken as a loop: more than the
+/// (256 - 64) / 4 capabilities that fit.
+const MAX_CAP_HOPS: usize = 48;
 
 /// Number of BARs in a type-0 header.
 pub const PCI_NUM_BARS: usize = 6;
@@ -53,15 +81,25 @@ bitflags! {
     /// The command register.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct CommandRegister: u16 {
+        /// I/O space decoding.
         const IO = 1 << 0;
+        /// Memory space decoding.
         const MEMORY = 1 << 1;
+        /// Bus mastering (DMA).
         const BUS_MASTER = 1 << 2;
+        /// Special cycles.
         const SPECIAL = 1 << 3;
+        /// Memory write and invalidate.
         const MWI = 1 << 4;
+        /// VGA palette snooping.
         const VGA_SNOOP = 1 << 5;
+        /// Parity error response.
         const PARITY = 1 << 6;
+        /// SERR# enable.
         const SERR = 1 << 8;
+        /// Fast back-to-back enable.
         const FAST_BACK = 1 << 9;
+        /// INTx emulation disable.
         const INTX_DISABLE = 1 << 10;
     }
 }
@@ -70,15 +108,25 @@ bitflags! {
     /// The status register.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct StatusRegister: u16 {
+        /// INTx asserted.
         const INTERRUPT = 1 << 3;
+        /// A capability list is present.
         const CAP_LIST = 1 << 4;
+        /// 66 MHz capable.
         const MHZ_66 = 1 << 5;
+        /// Fast back-to-back capable.
         const FAST_BACK = 1 << 7;
+        /// Master data parity error.
         const MASTER_PARITY = 1 << 8;
+        /// Signaled target abort.
         const SIG_TARGET_ABORT = 1 << 11;
+        /// Received target abort.
         const REC_TARGET_ABORT = 1 << 12;
+        /// Received master abort.
         const REC_MASTER_ABORT = 1 << 13;
+        /// Signaled system error.
         const SIG_SYSTEM_ERROR = 1 << 14;
+        /// Detected parity error.
         const DETECTED_PARITY = 1 << 15;
     }
 }
@@ -96,13 +144,21 @@ impl StatusRegister {
 /// What a function is: the read-only identity registers and their reset values.
 #[derive(Clone, Copy, Debug)]
 pub struct PciIdentity {
+    /// Vendor ID.
     pub vendor_id: u16,
+    /// Device ID.
     pub device_id: u16,
+    /// Subsystem vendor ID.
     pub subsystem_vendor_id: u16,
+    /// Subsystem ID.
     pub subsystem_id: u16,
+    /// Revision ID.
     pub revision: u8,
+    /// Base class code.
     pub class: u8,
+    /// Subclass code.
     pub subclass: u8,
+    /// Programming interface.
     pub prog_if: u8,
     /// 0 for none, 1..=4 for INTA..INTD.
     pub interrupt_pin: u8,
@@ -115,7 +171,9 @@ pub struct PciIdentity {
 /// The address-space kind of a BAR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BarKind {
+    /// I/O space.
     Io,
+    /// 32-bit memory space.
     Memory32,
     /// Uses this BAR and the next one.
     Memory64,
@@ -124,24 +182,33 @@ pub enum BarKind {
 /// A BAR a device exposes. `size` is a power of two.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BarSpec {
+    /// Size in bytes, a power of two.
     pub size: u64,
+    /// Address-space kind.
     pub kind: BarKind,
+    /// Prefetchable (memory BARs only).
     pub prefetchable: bool,
 }
 
 /// A configuration the device's description breaks.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// The BAR (or the upper half of a 64-bit one) is past the sixth.
     #[error("BAR index {0} out of range")]
     BarIndex(usize),
+    /// The BAR, or the one a 64-bit BAR needs, is taken.
     #[error("BAR {0} is already in use")]
     BarInUse(usize),
+    /// The size is not a power of two, or too small or large for the kind.
     #[error("BAR size {0:#x} is not a power of two within the limits of its kind")]
     BarSize(u64),
+    /// The ROM size is not a power of two of at least [`PCI_ROM_MIN_SIZE`].
     #[error("ROM size {0:#x} is not a power of two of at least 2 KiB")]
     RomSize(u32),
+    /// No room left in the 256 bytes for the capability.
     #[error("capability of {0} bytes does not fit in configuration space")]
     CapabilitySpace(usize),
+    /// The capability's bytes and write mask disagree, or it is shorter than its header.
     #[error("capability has a malformed description")]
     CapabilityMalformed,
 }
@@ -191,7 +258,7 @@ impl PciConfig {
         c.bytes[PCI_CLASS_DEVICE + 1] = id.class;
         c.put16(PCI_SUBSYSTEM_VENDOR_ID, id.subsystem_vendor_id);
         c.put16(PCI_SUBSYSTEM_ID, id.subsystem_id);
-        c.bytes[PCI_INTERRUPT_PIN] = id.interrupt_pin.min(4);
+        c.bytes[PCI_INTERRUPT_PIN] = id.interrupt_pin.min(PCI_INTERRUPT_PIN_MAX);
 
         let command = CommandRegister::BUS_MASTER
             | CommandRegister::PARITY
@@ -200,9 +267,9 @@ impl PciConfig {
         c.mask16(PCI_COMMAND, command.bits());
         c.w1c_mask[PCI_STATUS..PCI_STATUS + 2]
             .copy_from_slice(&StatusRegister::WRITE_1_TO_CLEAR.bits().to_le_bytes());
-        c.write_mask[PCI_CACHE_LINE_SIZE] = 0xff;
-        c.write_mask[PCI_LATENCY_TIMER] = 0xff;
-        c.write_mask[PCI_INTERRUPT_LINE] = 0xff;
+        c.write_mask[PCI_CACHE_LINE_SIZE] = u8::MAX;
+        c.write_mask[PCI_LATENCY_TIMER] = u8::MAX;
+        c.write_mask[PCI_INTERRUPT_LINE] = u8::MAX;
         c.initial = c.bytes;
         c
     }
@@ -261,7 +328,7 @@ impl PciConfig {
 
     /// Exposes an expansion ROM of `size` bytes.
     pub fn set_rom(&mut self, size: u32) -> Result<&mut Self, ConfigError> {
-        if !size.is_power_of_two() || size < 0x800 {
+        if !size.is_power_of_two() || size < PCI_ROM_MIN_SIZE {
             return Err(ConfigError::RomSize(size));
         }
         self.mask32(
@@ -384,7 +451,7 @@ impl PciConfig {
     pub fn capability_offset(&self, id: u8) -> Option<usize> {
         let mut off = self.bytes[PCI_CAPABILITY_LIST] as usize;
         let mut hops = 0;
-        while (PCI_CAP_START..PCI_CONFIG_SPACE_SIZE - 1).contains(&off) && hops < 48 {
+        while (PCI_CAP_START..PCI_CONFIG_SPACE_SIZE - 1).contains(&off) && hops < MAX_CAP_HOPS {
             if self.bytes[off] == id {
                 return Some(off);
             }
@@ -397,10 +464,10 @@ impl PciConfig {
     /// The guest's MSI programming, if the function has an MSI capability.
     pub fn msi(&self) -> Option<MsiState> {
         let off = self.capability_offset(PCI_CAP_ID_MSI)?;
-        let ctrl = self.read16(&self.bytes, off + 2);
+        let ctrl = self.read16(&self.bytes, off + PCI_CAP_CONTROL);
         let address_64 = ctrl & MSI_CTRL_64BIT != 0;
         let (hi, data, mask, _) = MsiCapability::layout(address_64);
-        let mut address = u64::from(self.read32(off + 4));
+        let mut address = u64::from(self.read32(off + MSI_ADDRESS_LO));
         if let Some(hi) = hi {
             address |= u64::from(self.read32(off + hi)) << 32;
         }
@@ -420,7 +487,7 @@ impl PciConfig {
     /// The guest's MSI-X programming, if the function has an MSI-X capability.
     pub fn msix(&self) -> Option<MsixState> {
         let off = self.capability_offset(PCI_CAP_ID_MSIX)?;
-        let ctrl = self.read16(&self.bytes, off + 2);
+        let ctrl = self.read16(&self.bytes, off + PCI_CAP_CONTROL);
         Some(MsixState {
             enabled: ctrl & MSIX_CTRL_ENABLE != 0,
             function_masked: ctrl & MSIX_CTRL_FUNCTION_MASK != 0,

@@ -378,7 +378,7 @@ impl Connection {
                 let head = wire::SparseMmapMsg {
                     header: wire::CapHeader {
                         id: wire::REGION_INFO_CAP_SPARSE_MMAP,
-                        version: 1,
+                        version: wire::SPARSE_MMAP_CAP_VERSION,
                         next: 0,
                     },
                     nr_areas: mmap.areas.len() as u32,

@@ -22,6 +22,11 @@ const PCI_COMMAND_IO: u16 = 0x1;
 const PCI_COMMAND_MEMORY: u16 = 0x2;
 const PCI_COMMAND_MASTER: u16 = 0x4;
 
+/// Granule of a BAR mapping.
+const PAGE_SIZE: u64 = 4096;
+/// Width of the accesses `fill`, `read32` and `write32` make.
+const DWORD: u64 = 4;
+
 type Result<T> = std::result::Result<T, String>;
 
 fn num(s: &str) -> Result<u64> {
@@ -94,15 +99,21 @@ impl Drop for Mapping {
 }
 
 /// Maps the page-aligned window of BAR `bar` that covers `offset..offset+len`.
+/// OFFSET must be a dword multiple (the accesses are dwords); the window covers LEN rounded
+/// up to whole dwords.
 fn map_bar(bdf: &str, bar: u64, offset: u64, len: u64) -> Result<(Mapping, usize)> {
+    if !offset.is_multiple_of(DWORD) {
+        return Err(format!("offset {offset:#x} is not a multiple of {DWORD}"));
+    }
     let file = open_rw(&sysfs(bdf, &format!("resource{bar}")))?;
-    let page = 4096;
-    let base = offset & !(page - 1);
-    let span = (offset - base + len).div_ceil(page) * page;
-    Ok((
-        Mapping::new(&file, base, span as usize)?,
-        (offset - base) as usize,
-    ))
+    let base = offset & !(PAGE_SIZE - 1);
+    let span = len
+        .checked_next_multiple_of(DWORD)
+        .and_then(|len| (offset - base).checked_add(len))
+        .and_then(|end| end.div_ceil(PAGE_SIZE).checked_mul(PAGE_SIZE))
+        .and_then(|span| usize::try_from(span).ok())
+        .ok_or_else(|| format!("length {len:#x} too large"))?;
+    Ok((Mapping::new(&file, base, span)?, (offset - base) as usize))
 }
 
 fn enable(bdf: &str) -> Result<()> {
@@ -118,7 +129,7 @@ fn enable(bdf: &str) -> Result<()> {
 }
 
 fn fill_mapping(m: &Mapping, start: usize, len: u64, value: u32) {
-    for i in (0..len as usize).step_by(4) {
+    for i in (0..len as usize).step_by(DWORD as usize) {
         m.write32(start + i, value);
     }
 }
@@ -136,18 +147,18 @@ fn run(args: &[String]) -> Result<()> {
         ["fill-file", path, off, len, val] => {
             let (off, len, val) = (num(off)?, num(len)?, num(val)? as u32);
             let mut f = open_rw(path)?;
-            let buf: Vec<u8> = (0..len / 4).flat_map(|_| val.to_le_bytes()).collect();
+            let buf: Vec<u8> = (0..len / DWORD).flat_map(|_| val.to_le_bytes()).collect();
             f.seek(SeekFrom::Start(off))
                 .and_then(|_| f.write_all(&buf))
                 .map_err(|e| format!("{path}: {e}"))
         }
         ["read32", bdf, bar, off] => {
-            let (m, start) = map_bar(bdf, num(bar)?, num(off)?, 4)?;
+            let (m, start) = map_bar(bdf, num(bar)?, num(off)?, DWORD)?;
             println!("{:#010x}", m.read32(start));
             Ok(())
         }
         ["write32", bdf, bar, off, val] => {
-            let (m, start) = map_bar(bdf, num(bar)?, num(off)?, 4)?;
+            let (m, start) = map_bar(bdf, num(bar)?, num(off)?, DWORD)?;
             m.write32(start, num(val)? as u32);
             Ok(())
         }
