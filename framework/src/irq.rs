@@ -169,6 +169,31 @@ impl IrqRequest {
 struct Vector {
     trigger: Option<(ConnectionId, File)>,
     masked: bool,
+    /// The last write to `trigger` failed (e.g. a client left its eventfd counter full):
+    /// warned once, quiet until a write succeeds again.
+    failing: bool,
+}
+
+impl Vector {
+    /// Writes the trigger eventfd, if any; returns whether one was set.
+    fn fire(&mut self) -> bool {
+        let Some((owner, fd)) = &self.trigger else {
+            return false;
+        };
+        match signal(fd) {
+            Ok(()) if self.failing => {
+                log::info!("interrupt eventfd of {owner} writable again");
+                self.failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !self.failing => {
+                warn!("interrupt eventfd of {owner} not writable ({e}); dropping interrupts until it is");
+                self.failing = true;
+            }
+            Err(_) => {}
+        }
+        true
+    }
 }
 
 struct IndexState {
@@ -316,8 +341,7 @@ impl Interrupts {
         if v.masked {
             return;
         }
-        if let Some((_, fd)) = &v.trigger {
-            signal(fd);
+        if v.fire() {
             v.masked = true;
             intx.delivered += 1;
         }
@@ -340,8 +364,7 @@ impl Interrupts {
         if v.masked {
             return;
         }
-        if let Some((_, fd)) = &v.trigger {
-            signal(fd);
+        if v.fire() {
             idx.delivered += 1;
         }
     }
@@ -420,6 +443,7 @@ impl Interrupts {
                     set_nonblocking(&f);
                     let v = &mut st.indexes[pos].vectors[req.start as usize + i];
                     v.trigger = Some((owner, f));
+                    v.failing = false;
                     v.masked = false;
                 }
                 debug!(
@@ -506,10 +530,8 @@ fn set_nonblocking(f: &File) {
     }
 }
 
-fn signal(mut f: &File) {
-    if let Err(e) = f.write_all(&1u64.to_ne_bytes()) {
-        warn!("interrupt eventfd write failed: {e}");
-    }
+fn signal(mut f: &File) -> std::io::Result<()> {
+    f.write_all(&1u64.to_ne_bytes())
 }
 
 #[cfg(test)]
@@ -675,7 +697,14 @@ mod tests {
         for _ in 0..100_000 {
             irqs.signal(IrqIndex::Msi, 0);
         }
-        let mut buf = [0u8; 8];
-        File::from(r).read_exact(&mut buf).unwrap();
+        let failing = || irqs.lock().indexes[IrqIndex::Msi as usize].vectors[0].failing;
+        assert!(failing(), "a full pipe is noticed (and warned about once)");
+        let mut r = File::from(r);
+        set_nonblocking(&r);
+        let mut buf = [0u8; 4096];
+        while r.read(&mut buf).is_ok_and(|n| n > 0) {}
+        irqs.signal(IrqIndex::Msi, 0);
+        assert!(!failing(), "delivery resumes once the reader drains");
+        r.read_exact(&mut buf[..8]).unwrap();
     }
 }
