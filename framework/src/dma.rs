@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bitflags::bitflags;
@@ -148,7 +149,9 @@ impl DmaMappings {
     }
 
     /// Maps the memory behind the mapping that holds `iova` into this process (once) and returns
-    /// it with the offset of `iova` inside it.
+    /// it with the offset of `iova` inside it. For zero-copy access by a device that trusts the
+    /// client not to shrink the file (a sealed memfd); [`DmaMappings::read`] and
+    /// [`DmaMappings::write`] are safe against that.
     pub fn map_memory(&mut self, iova: u64) -> Result<(Arc<SharedMemory>, u64), DeviceError> {
         let (_, m) = self
             .maps
@@ -172,18 +175,35 @@ impl DmaMappings {
         Ok((mem, m.file_offset + (iova - m.iova)))
     }
 
-    /// Reads guest memory at `iova` (within one mapping).
+    /// Reads guest memory at `iova` (within one mapping). Goes through the client's fd rather
+    /// than a mapping, so a client that shrinks its memory file afterwards gets EFAULT, not a
+    /// SIGBUS in this process.
     pub fn read(&mut self, iova: u64, data: &mut [u8]) -> Result<(), DeviceError> {
         self.check_span(iova, data.len(), DmaProt::READ)?;
-        let (mem, off) = self.map_memory(iova)?;
-        Ok(mem.read(off, data)?)
+        let (file, off) = self.file_at(iova)?;
+        file.read_exact_at(data, off).map_err(dma_io_error)
     }
 
-    /// Writes guest memory at `iova` (within one mapping).
+    /// Writes guest memory at `iova` (within one mapping), through the client's fd as
+    /// [`DmaMappings::read`] does.
     pub fn write(&mut self, iova: u64, data: &[u8]) -> Result<(), DeviceError> {
         self.check_span(iova, data.len(), DmaProt::WRITE)?;
-        let (mem, off) = self.map_memory(iova)?;
-        Ok(mem.write(off, data)?)
+        let (file, off) = self.file_at(iova)?;
+        file.write_all_at(data, off).map_err(dma_io_error)
+    }
+
+    /// The file behind the mapping that holds `iova`, and the offset of `iova` in it.
+    fn file_at(&self, iova: u64) -> Result<(Arc<File>, u64), DeviceError> {
+        let (_, m) = self
+            .maps
+            .range(..=iova)
+            .next_back()
+            .filter(|(_, m)| m.end() > iova)
+            .ok_or(DeviceError::InvalidArgument("address not mapped"))?;
+        let file = m.file.clone().ok_or(DeviceError::NotSupported(
+            "DMA to a range shared without an fd",
+        ))?;
+        Ok((file, m.file_offset + (iova - m.iova)))
     }
 
     fn check_span(&self, iova: u64, len: usize, prot: DmaProt) -> Result<(), DeviceError> {
@@ -203,6 +223,16 @@ impl DmaMappings {
             )));
         }
         Ok(())
+    }
+}
+
+/// A failed DMA through the client's file: past its end (the client shrank it) is EFAULT.
+fn dma_io_error(e: std::io::Error) -> DeviceError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof || e.kind() == std::io::ErrorKind::WriteZero {
+        log::warn!("DMA past the end of the client's memory file");
+        DeviceError::Io(std::io::Error::from_raw_os_error(libc::EFAULT))
+    } else {
+        DeviceError::Io(e)
     }
 }
 
@@ -268,5 +298,26 @@ mod tests {
         assert_eq!(&back, b"dma!");
         assert!(t.read(0x11ffe, &mut back).is_err(), "crosses the end");
         assert!(t.read(0x9000, &mut back).is_err(), "unmapped");
+    }
+
+    #[test]
+    fn a_client_shrinking_its_memory_gets_efault_not_a_crash() {
+        let mem = SharedMemory::new("guest", 0x2000).unwrap();
+        let file = mem.file().try_clone().unwrap();
+        let mut t = DmaMappings::new(4);
+        t.insert(map(
+            0x10000,
+            0x2000,
+            Some(Arc::new(file.try_clone().unwrap())),
+        ))
+        .unwrap();
+        t.write(0x11000, b"ok").unwrap();
+        file.set_len(0x1000).unwrap();
+        let mut b = [0u8; 2];
+        let e = t.read(0x11000, &mut b).unwrap_err();
+        assert_eq!(e.errno(), libc::EFAULT);
+        // A write there is harmless too (pwrite extends the client's file).
+        t.write(0x11000, b"no").unwrap();
+        t.read(0x10000, &mut b).unwrap();
     }
 }
