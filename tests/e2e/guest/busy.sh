@@ -6,10 +6,7 @@ mtty=$(pci_find 4348:3253 | head -n1)
 load_module bochs
 wait_for /dev/fb0 10
 guest-pci enable "${mdpy##*/}"
-port=""
-for t in /sys/class/tty/ttyS*; do
-  case "$(readlink -f "$t/device")" in "$(readlink -f "$mtty")"/*) port=${port:-/dev/${t##*/}} ;; esac
-done
+port=$(pci_ttys "$mtty" | head -n1)
 stty -F "$port" raw -echo 115200
 exec 3<>"$port"
 echo "E2E-SYNC busy"

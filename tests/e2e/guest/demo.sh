@@ -1,13 +1,9 @@
 # Guest body for ./demo: bring up the sample devices the way a user would see them, then hand
 # the mtty console (port 0, the kernel's console=) to the person at the host terminal.
-bound_to() { test "$(basename "$(readlink "$1/driver")")" = "$2"; }
 mtty=$(pci_find 4348:3253 | head -n1)
 bochs=$(pci_find 1234:1111 | head -n1)
 mdpy=$(pci_find 1b36:000f | head -n1)
-con=""
-for t in /sys/class/tty/ttyS*; do
-  case "$(readlink -f "$t/device")" in "$(readlink -f "$mtty")"/*) con=${con:-/dev/${t##*/}} ;; esac
-done
+con=$(pci_ttys "$mtty" | head -n1)
 [ -n "$con" ] || { e2e_fail demo-console "no mtty port found"; exit 1; }
 stty -F "$con" sane 115200 2>/dev/null
 out() { echo "$*" > "$con"; }

@@ -9,7 +9,6 @@
 
 e2e_info "pci devices (bdf id class driver):"
 pci_devices
-bound_to() { test "$(basename "$(readlink "$1/driver")")" = "$2"; }
 
 # --- identities -----------------------------------------------------------------------------
 bochs=$(pci_find 1234:1111 | head -n1)
@@ -21,16 +20,11 @@ e2e_check mtty-present test -n "$mtty"
 
 # --- mtty: 8250_pci binds it and makes two ttyS ports ---------------------------------------
 e2e_check mtty-bound bound_to "$mtty" serial
-ports=""
-for t in /sys/class/tty/ttyS*; do
-  dev=$(readlink -f "$t/device" 2>/dev/null) || continue
-  # 6.12 hangs the port under the PCI function: .../0000:00:01.0/0000:00:01.0:0/0000:00:01.0:0.N
-  case "$dev" in "$(readlink -f "$mtty")"/*) ports="$ports ${t##*/}" ;; esac
-done
+ports=$(pci_ttys "$mtty" | tr '\n' ' ')
 set -- $ports
 e2e_info "mtty ports:$ports"
 e2e_check mtty-two-ports test $# -eq 2
-loop=/dev/$1 sock=/dev/$2
+loop=$1 sock=$2
 
 # Port 0 loops back: what the guest writes comes back to it (the port stays open throughout,
 # so nothing is lost between the write and the read).

@@ -101,3 +101,16 @@ bind_vfio() {
   echo "$1" >/sys/bus/pci/drivers_probe
   [ "$(basename "$(readlink "$_p/driver")")" = vfio-pci ]
 }
+
+# pci_ttys SYSFS_DIR: the /dev/ttyS* ports a PCI function provides, in port order. (Linux 6.x
+# hangs the ports under the function: .../0000:00:01.0/0000:00:01.0:0/0000:00:01.0:0.N.)
+pci_ttys() {
+  _fn=$(readlink -f "$1")
+  for _t in /sys/class/tty/ttyS*; do
+    _d=$(readlink -f "$_t/device" 2>/dev/null) || continue
+    case "$_d" in "$_fn"/*) echo "${_d##*.} /dev/${_t##*/}" ;; esac
+  done | sort -n | cut -d' ' -f2
+}
+
+# bound_to SYSFS_DIR DRIVER: the function is bound to DRIVER.
+bound_to() { test "$(basename "$(readlink "$1/driver")")" = "$2"; }
