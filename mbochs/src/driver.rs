@@ -1,7 +1,7 @@
 //! The mbochs parent driver: its types and the framebuffer-megabyte pool every instance
 //! draws from.
 
-use mdev::parent::{Budget, CreateParams, MdevDriver, MdevType, NewDevice};
+use mdev::parent::{refuse_params, Budget, CreateParams, MdevDriver, MdevType, NewDevice};
 use mdev::DeviceError;
 use uuid::Uuid;
 
@@ -41,12 +41,7 @@ impl MdevDriver for MbochsDriver {
     fn types(&self) -> Vec<MdevType> {
         TYPES
             .iter()
-            .map(|t| MdevType {
-                name: t.name.to_string(),
-                description: t.description(),
-                device_api: String::from("vfio-pci"),
-                available_instances: self.pool.free() / t.mbytes,
-            })
+            .map(|t| MdevType::vfio_pci(t.name, t.description(), self.pool.free() / t.mbytes))
             .collect()
     }
 
@@ -59,10 +54,7 @@ impl MdevDriver for MbochsDriver {
         let ty = MbochsType::by_name(type_name).ok_or(DeviceError::InvalidArgument(
             "unknown mbochs type (small, medium, large)",
         ))?;
-        if let Some(key) = params.keys().next() {
-            log::warn!("mbochs: unknown parameter '{key}' refused");
-            return Err(DeviceError::InvalidArgument("mbochs takes no parameters"));
-        }
+        refuse_params(DRIVER_NAME, params)?;
         let reservation = self.pool.take(ty.mbytes).map_err(|e| {
             DeviceError::NoSpace(format!(
                 "type {} needs {} MiB of framebuffer memory but only {} of {} MiB are free",

@@ -1,6 +1,6 @@
 //! The mdpy parent driver: its types and the device-count budget.
 
-use mdev::parent::{Budget, CreateParams, MdevDriver, MdevType, NewDevice};
+use mdev::parent::{refuse_params, Budget, CreateParams, MdevDriver, MdevType, NewDevice};
 use mdev::DeviceError;
 use uuid::Uuid;
 
@@ -40,12 +40,7 @@ impl MdevDriver for MdpyDriver {
     fn types(&self) -> Vec<MdevType> {
         TYPES
             .iter()
-            .map(|t| MdevType {
-                name: t.name.to_string(),
-                description: t.description(),
-                device_api: String::from("vfio-pci"),
-                available_instances: self.devices.free(),
-            })
+            .map(|t| MdevType::vfio_pci(t.name, t.description(), self.devices.free()))
             .collect()
     }
 
@@ -58,10 +53,7 @@ impl MdevDriver for MdpyDriver {
         let ty = MdpyType::by_name(type_name).ok_or(DeviceError::InvalidArgument(
             "unknown mdpy type (vga, xga, hd)",
         ))?;
-        if let Some(key) = params.keys().next() {
-            log::warn!("mdpy: unknown parameter '{key}' refused");
-            return Err(DeviceError::InvalidArgument("mdpy takes no parameters"));
-        }
+        refuse_params(DRIVER_NAME, params)?;
         let reservation = self.devices.take(1).map_err(|e| {
             DeviceError::NoSpace(format!(
                 "all {} mdpy devices are in use ({} free)",

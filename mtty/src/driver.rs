@@ -72,11 +72,8 @@ impl MdevDriver for MttyDriver {
     fn types(&self) -> Vec<MdevType> {
         TYPES
             .iter()
-            .map(|t| MdevType {
-                name: t.name.to_string(),
-                description: t.description(),
-                device_api: String::from("vfio-pci"),
-                available_instances: self.ports.free() / t.ports as u64,
+            .map(|t| {
+                MdevType::vfio_pci(t.name, t.description(), self.ports.free() / t.ports as u64)
             })
             .collect()
     }

@@ -22,6 +22,35 @@ pub struct MdevType {
     pub available_instances: u64,
 }
 
+/// The device API every type of this project exposes.
+pub const DEVICE_API_VFIO_PCI: &str = "vfio-pci";
+
+impl MdevType {
+    /// A `vfio-pci` type with `available_instances` left.
+    pub fn vfio_pci(name: &str, description: String, available_instances: u64) -> Self {
+        MdevType {
+            name: name.to_string(),
+            description,
+            device_api: DEVICE_API_VFIO_PCI.to_string(),
+            available_instances,
+        }
+    }
+}
+
+/// Refuses every create-time parameter (for drivers whose types take none), naming the first
+/// one in the log and the error.
+pub fn refuse_params(driver: &str, params: &CreateParams) -> Result<(), crate::DeviceError> {
+    match params.keys().next() {
+        None => Ok(()),
+        Some(key) => {
+            log::warn!("{driver}: unknown parameter '{key}' refused");
+            Err(crate::DeviceError::InvalidArgument(
+                "this driver takes no create parameters",
+            ))
+        }
+    }
+}
+
 /// Options given at create time (`port0=socket:/run/x.sock`, `edid=off`, …).
 pub type CreateParams = BTreeMap<String, String>;
 

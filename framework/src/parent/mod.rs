@@ -11,5 +11,7 @@ mod instances;
 
 pub use budget::{Budget, BudgetExhausted, Reservation};
 pub use control::{control_request, ControlServer, Request};
-pub use driver::{CreateParams, MdevDriver, MdevType, NewDevice};
+pub use driver::{
+    refuse_params, CreateParams, MdevDriver, MdevType, NewDevice, DEVICE_API_VFIO_PCI,
+};
 pub use instances::{InstanceInfo, Parent, ParentError};
