@@ -1,13 +1,15 @@
-//! The viewer subcommands both display binaries offer next to the parent's:
-//! `snapshot [--dir D] UUID --out OUT.png` (or `UUID OUT.png`),
+//! The viewer subcommands both display binaries offer next to the parent's (together:
+//! [`DisplayCommand`]): `snapshot [--dir D] UUID --out OUT.png` (or `UUID OUT.png`),
 //! `snapshot [--dir D] UUID --every SECS --out-dir D2` and `view [--dir D] UUID`.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
-use mdev::parent::cli::{default_dir, DirArg};
+use mdev::parent::cli::{run, DirArg, ParentCommand};
+use mdev::parent::MdevDriver;
 use uuid::Uuid;
 
 use crate::client::{ClientError, DisplayClient, ModeReader};
@@ -56,6 +58,31 @@ pub enum ViewerCommand {
     },
 }
 
+/// Every subcommand of a display binary: the parent's and the viewer's.
+#[derive(Subcommand, Debug, Clone)]
+pub enum DisplayCommand {
+    /// `serve`, `types`, `list`, `create`, `remove`.
+    #[command(flatten)]
+    Parent(ParentCommand),
+    /// `snapshot`, `view`.
+    #[command(flatten)]
+    Viewer(ViewerCommand),
+}
+
+/// Runs a display binary's command for driver `driver_name`: `make_driver` builds the driver
+/// for `serve`, `reader` reads the mode for the viewer. Returns the process exit code.
+pub fn run_display(
+    driver_name: &str,
+    cmd: DisplayCommand,
+    make_driver: impl FnOnce() -> Arc<dyn MdevDriver>,
+    reader: Box<dyn ModeReader>,
+) -> i32 {
+    match cmd {
+        DisplayCommand::Parent(cmd) => run(driver_name, cmd, make_driver),
+        DisplayCommand::Viewer(cmd) => run_viewer(driver_name, cmd, reader),
+    }
+}
+
 /// Why a viewer command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ViewerError {
@@ -82,12 +109,7 @@ pub enum ViewerError {
 /// Runs a viewer command of driver `driver_name`, reading modes with `reader`. Returns the
 /// process exit code.
 pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeReader>) -> i32 {
-    let socket = |d: &DirArg, uuid: Uuid| {
-        d.dir
-            .clone()
-            .unwrap_or_else(|| default_dir(driver_name))
-            .join(format!("{uuid}.sock"))
-    };
+    let socket = |d: &DirArg, uuid: Uuid| d.resolve(driver_name).join(format!("{uuid}.sock"));
     let result = match cmd {
         ViewerCommand::Snapshot {
             dir,
@@ -114,7 +136,7 @@ pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeRea
             ..
         } => match out.or(out_file) {
             Some(out) => snapshot_once(&socket(&dir, uuid), reader, &out),
-            None => Err(ViewerError::NoScanout),
+            None => Err(ViewerError::NoOutput),
         },
         ViewerCommand::View { .. } if !std::io::stdout().is_terminal() => {
             Err(ViewerError::NotATerminal)

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use mdev::parent::Reservation;
-use mdev::pci::PciConfig;
+use mdev::pci::{BarKind, BarSpec, CommandRegister, PciConfig, PciIdentity, StatusRegister};
 use mdev::region::{BAR0_REGION_INDEX, CONFIG_REGION_INDEX};
 use mdev::{Device, DeviceError, Interrupts, RegionInfo, SetContext};
 
@@ -20,6 +20,17 @@ use crate::framebuffer::Framebuffer;
 
 /// Size of the config-space region (a conventional PCI function).
 pub const CONFIG_SPACE_SIZE: u64 = 256;
+
+/// Subsystem vendor id of the display functions (Red Hat, QEMU's PCI ids).
+pub const SUBSYSTEM_VENDOR_ID: u16 = 0x1af4;
+/// Subsystem id of the display functions.
+pub const SUBSYSTEM_ID: u16 = 0x1100;
+/// Class: display controller.
+pub const CLASS_DISPLAY: u8 = 0x03;
+/// Subclass: other display controller.
+pub const SUBCLASS_OTHER: u8 = 0x80;
+/// The framebuffer is BAR0.
+const FRAMEBUFFER_BAR: usize = 0;
 
 /// What a read of a region the device does not decode returns.
 const UNDECODED_BYTE: u8 = 0xff;
@@ -155,6 +166,42 @@ impl<M: DisplayModel> Device for DisplayDevice<M> {
     fn describe(&self) -> String {
         self.model.describe()
     }
+}
+
+/// The config space every display function starts from: `vendor_id`:`device_id` at
+/// `revision`, class display controller (other), I/O and memory decoding on, and BAR0 a
+/// prefetchable 32-bit framebuffer of `framebuffer_size` bytes. The model adds its own BARs
+/// and capabilities.
+pub fn display_config(
+    vendor_id: u16,
+    device_id: u16,
+    revision: u8,
+    framebuffer_size: u64,
+) -> Result<PciConfig, DeviceError> {
+    let mut config = PciConfig::new(&PciIdentity {
+        vendor_id,
+        device_id,
+        subsystem_vendor_id: SUBSYSTEM_VENDOR_ID,
+        subsystem_id: SUBSYSTEM_ID,
+        revision,
+        class: CLASS_DISPLAY,
+        subclass: SUBCLASS_OTHER,
+        prog_if: 0,
+        interrupt_pin: 0,
+        command: CommandRegister::IO | CommandRegister::MEMORY,
+        status: StatusRegister::empty(),
+    });
+    config
+        .add_bar(
+            FRAMEBUFFER_BAR,
+            BarSpec {
+                size: framebuffer_size,
+                kind: BarKind::Memory32,
+                prefetchable: true,
+            },
+        )
+        .map_err(config_error("framebuffer BAR"))?;
+    Ok(config)
 }
 
 /// Maps an error from building config space (a fault of the device model, not of a guest) to

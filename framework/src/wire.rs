@@ -523,31 +523,45 @@ pub fn read_message(sock: &UnixStream) -> Result<Message, WireError> {
     })
 }
 
+/// Iovecs kept on the stack when sending: a header and up to three body parts, which covers
+/// every reply; a longer list spills to the heap.
+const INLINE_IOV: usize = 4;
+
 /// Sends `parts` as one message, with `fds` attached.
 pub fn send(sock: &UnixStream, parts: &[&[u8]], fds: &[RawFd]) -> io::Result<()> {
+    match parts.split_first() {
+        Some((head, body)) => send_parts(sock, head, body, fds),
+        None => Ok(()),
+    }
+}
+
+/// Sends `head` followed by `body` as one message, `fds` attached to its first byte. Nothing
+/// is allocated for the usual reply (see [`INLINE_IOV`]).
+fn send_parts(sock: &UnixStream, head: &[u8], body: &[&[u8]], fds: &[RawFd]) -> io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let mut sent = 0usize;
-    let mut first = true;
-    while sent < total {
-        // Build the iovecs for what is left.
-        let mut skip = sent;
-        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len());
-        for p in parts {
-            if skip >= p.len() {
-                skip -= p.len();
-                continue;
-            }
-            iov.push(IoSlice::new(&p[skip..]));
-            skip = 0;
+    let mut inline = [IoSlice::new(&[]); INLINE_IOV];
+    let mut spilled = Vec::new();
+    let parts = std::iter::once(head).chain(body.iter().copied());
+    let mut iov: &mut [IoSlice<'_>] = if body.len() < INLINE_IOV {
+        for (slot, p) in inline.iter_mut().zip(parts) {
+            *slot = IoSlice::new(p);
         }
-        let cmsg = [ControlMessage::ScmRights(fds)];
-        let cmsgs: &[ControlMessage<'_>] = if first && !fds.is_empty() { &cmsg } else { &[] };
-        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+        &mut inline[..=body.len()]
+    } else {
+        spilled.extend(parts.map(IoSlice::new));
+        &mut spilled
+    };
+    let mut left: usize = head.len() + body.iter().map(|p| p.len()).sum::<usize>();
+    let rights = [ControlMessage::ScmRights(fds)];
+    let mut cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    while left > 0 {
+        match sendmsg::<()>(sock.as_raw_fd(), iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
             Ok(0) => return Err(io::Error::from_raw_os_error(libc::EPIPE)),
             Ok(n) => {
-                sent += n;
-                first = false;
+                left -= n;
+                IoSlice::advance_slices(&mut iov, n);
+                // The fds went with the first bytes.
+                cmsgs = &[];
             }
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
@@ -571,10 +585,7 @@ pub fn send_reply(
         flags: flags::TYPE_REPLY,
         error: 0,
     };
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(body.len() + 1);
-    parts.push(header.as_slice());
-    parts.extend_from_slice(body);
-    send(sock, &parts, fds)
+    send_parts(sock, header.as_slice(), body, fds)
 }
 
 /// Sends an error reply carrying `errno`.

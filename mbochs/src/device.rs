@@ -2,10 +2,10 @@
 //! window, assembled on the shared [`DisplayDevice`].
 
 use mdev::parent::Reservation;
-use mdev::pci::{BarKind, BarSpec, CommandRegister, PciConfig, PciIdentity, StatusRegister};
+use mdev::pci::{BarKind, BarSpec, PciConfig};
 use mdev::region::BAR2_REGION_INDEX;
 use mdev::DeviceError;
-use mdev_display::device::config_error;
+use mdev_display::device::{config_error, display_config};
 use mdev_display::{DisplayDevice, DisplayModel, Framebuffer, Mode};
 use uuid::Uuid;
 
@@ -18,19 +18,9 @@ use crate::types::MbochsType;
 pub const VENDOR_ID: u16 = 0x1234;
 /// Device id of bochs-display.
 pub const DEVICE_ID: u16 = 0x1111;
-/// Subsystem vendor id.
-pub const SUBSYSTEM_VENDOR_ID: u16 = 0x1af4;
-/// Subsystem id.
-pub const SUBSYSTEM_ID: u16 = 0x1100;
 /// Revision. Linux reads the QEMU extended registers only from revision 2 on; revision 1
 /// keeps the guest on little-endian pixels.
 pub const REVISION: u8 = 0x01;
-/// Class: display controller.
-pub const CLASS_DISPLAY: u8 = 0x03;
-/// Subclass: other display controller.
-pub const SUBCLASS_OTHER: u8 = 0x80;
-/// Index of the framebuffer BAR.
-pub const FRAMEBUFFER_BAR: u8 = 0;
 /// Index of the MMIO register BAR.
 pub const MMIO_BAR: u8 = 2;
 
@@ -95,29 +85,7 @@ pub type MbochsDevice = DisplayDevice<Mbochs>;
 
 /// The config space of an mbochs function with `memory` bytes of framebuffer.
 pub fn mbochs_config(memory: u64) -> Result<PciConfig, DeviceError> {
-    let mut config = PciConfig::new(&PciIdentity {
-        vendor_id: VENDOR_ID,
-        device_id: DEVICE_ID,
-        subsystem_vendor_id: SUBSYSTEM_VENDOR_ID,
-        subsystem_id: SUBSYSTEM_ID,
-        revision: REVISION,
-        class: CLASS_DISPLAY,
-        subclass: SUBCLASS_OTHER,
-        prog_if: 0,
-        interrupt_pin: 0,
-        command: CommandRegister::IO | CommandRegister::MEMORY,
-        status: StatusRegister::empty(),
-    });
-    config
-        .add_bar(
-            FRAMEBUFFER_BAR as usize,
-            BarSpec {
-                size: memory,
-                kind: BarKind::Memory32,
-                prefetchable: true,
-            },
-        )
-        .map_err(config_error("framebuffer BAR"))?;
+    let mut config = display_config(VENDOR_ID, DEVICE_ID, REVISION, memory)?;
     config
         .add_bar(
             MMIO_BAR as usize,

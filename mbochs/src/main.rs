@@ -4,11 +4,10 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use mbochs::driver::{DEFAULT_MAX_MBYTES, DRIVER_NAME};
 use mbochs::{DispiModeReader, MbochsDriver};
-use mdev::parent::cli::{run, ParentCommand};
-use mdev_display::cli::{run_viewer, ViewerCommand};
+use mdev_display::cli::{run_display, DisplayCommand};
 
 /// bochs-display compatible mediated devices over vfio-user.
 #[derive(Parser, Debug)]
@@ -18,25 +17,17 @@ struct Cli {
     #[arg(long, global = true, env = "MBOCHS_MAX_MBYTES", default_value_t = DEFAULT_MAX_MBYTES)]
     max_mbytes: u64,
     #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    #[command(flatten)]
-    Parent(ParentCommand),
-    #[command(flatten)]
-    Viewer(ViewerCommand),
+    command: DisplayCommand,
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    let code = match cli.command {
-        Command::Parent(cmd) => run(DRIVER_NAME, cmd, || {
-            Arc::new(MbochsDriver::new(cli.max_mbytes))
-        }),
-        Command::Viewer(cmd) => run_viewer(DRIVER_NAME, cmd, Box::new(DispiModeReader)),
-    };
+    let code = run_display(
+        DRIVER_NAME,
+        cli.command,
+        || Arc::new(MbochsDriver::new(cli.max_mbytes)),
+        Box::new(DispiModeReader),
+    );
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

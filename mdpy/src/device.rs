@@ -2,11 +2,9 @@
 //! on the shared [`DisplayDevice`].
 
 use mdev::parent::Reservation;
-use mdev::pci::{
-    BarKind, BarSpec, CommandRegister, PciConfig, PciIdentity, StatusRegister, VendorCapability,
-};
+use mdev::pci::{PciConfig, VendorCapability};
 use mdev::DeviceError;
-use mdev_display::device::config_error;
+use mdev_display::device::{config_error, display_config};
 use mdev_display::{DisplayDevice, DisplayModel, Framebuffer, Mode};
 use uuid::Uuid;
 
@@ -17,16 +15,8 @@ use crate::types::MdpyType;
 pub const VENDOR_ID: u16 = 0x1b36;
 /// Device id.
 pub const DEVICE_ID: u16 = 0x000f;
-/// Subsystem vendor id.
-pub const SUBSYSTEM_VENDOR_ID: u16 = 0x1af4;
-/// Subsystem id.
-pub const SUBSYSTEM_ID: u16 = 0x1100;
-/// Class: display controller.
-pub const CLASS_DISPLAY: u8 = 0x03;
-/// Subclass: other display controller.
-pub const SUBCLASS_OTHER: u8 = 0x80;
-/// Index of the framebuffer BAR.
-pub const FRAMEBUFFER_BAR: u8 = 0;
+/// Revision.
+pub const REVISION: u8 = 0;
 
 /// The device-specific half of an mdpy function: only its fixed mode.
 pub struct Mdpy {
@@ -49,29 +39,7 @@ pub type MdpyDevice = DisplayDevice<Mdpy>;
 
 /// The config space of an mdpy function showing `mode` with a framebuffer of `bar_size`.
 pub fn mdpy_config(mode: &Mode, bar_size: u64) -> Result<PciConfig, DeviceError> {
-    let mut config = PciConfig::new(&PciIdentity {
-        vendor_id: VENDOR_ID,
-        device_id: DEVICE_ID,
-        subsystem_vendor_id: SUBSYSTEM_VENDOR_ID,
-        subsystem_id: SUBSYSTEM_ID,
-        revision: 0,
-        class: CLASS_DISPLAY,
-        subclass: SUBCLASS_OTHER,
-        prog_if: 0,
-        interrupt_pin: 0,
-        command: CommandRegister::IO | CommandRegister::MEMORY,
-        status: StatusRegister::empty(),
-    });
-    config
-        .add_bar(
-            FRAMEBUFFER_BAR as usize,
-            BarSpec {
-                size: bar_size,
-                kind: BarKind::Memory32,
-                prefetchable: true,
-            },
-        )
-        .map_err(config_error("framebuffer BAR"))?;
+    let mut config = display_config(VENDOR_ID, DEVICE_ID, REVISION, bar_size)?;
     let at = config
         .add_capability(&VendorCapability {
             body: mode_capability_body(mode),

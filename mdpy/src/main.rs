@@ -4,9 +4,8 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
-use mdev::parent::cli::{run, ParentCommand};
-use mdev_display::cli::{run_viewer, ViewerCommand};
+use clap::Parser;
+use mdev_display::cli::{run_display, DisplayCommand};
 use mdpy::driver::{DEFAULT_MAX_DEVICES, DRIVER_NAME};
 use mdpy::{ConfigModeReader, MdpyDriver};
 
@@ -18,25 +17,17 @@ struct Cli {
     #[arg(long, global = true, env = "MDPY_MAX_DEVICES", default_value_t = DEFAULT_MAX_DEVICES)]
     max_devices: u64,
     #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    #[command(flatten)]
-    Parent(ParentCommand),
-    #[command(flatten)]
-    Viewer(ViewerCommand),
+    command: DisplayCommand,
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    let code = match cli.command {
-        Command::Parent(cmd) => run(DRIVER_NAME, cmd, || {
-            Arc::new(MdpyDriver::new(cli.max_devices))
-        }),
-        Command::Viewer(cmd) => run_viewer(DRIVER_NAME, cmd, Box::new(ConfigModeReader)),
-    };
+    let code = run_display(
+        DRIVER_NAME,
+        cli.command,
+        || Arc::new(MdpyDriver::new(cli.max_devices)),
+        Box::new(ConfigModeReader),
+    );
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

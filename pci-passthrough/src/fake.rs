@@ -149,6 +149,14 @@ pub fn hot_resets(calls: &[Call]) -> Vec<&Call> {
         .collect()
 }
 
+/// How many device writes reached the host in `calls`.
+pub fn host_writes(calls: &[Call]) -> usize {
+    calls
+        .iter()
+        .filter(|c| matches!(c, Call::Write { .. }))
+        .count()
+}
+
 #[derive(Default)]
 struct Kernel {
     specs: HashMap<PciAddress, FakeSpec>,

@@ -15,23 +15,12 @@ use mdev_tests::{
 use vfio_user::Client;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-fn serve(
-    sets: &DeviceSets,
-    dir: &ScratchDir,
-    name: &str,
-    log: &HookLog,
-    opts: ProbeOptions,
-    key: Option<&str>,
-) -> ServedProbe {
-    serve_probe(sets, dir, name, log, opts, key)
-}
-
 fn concurrent_opens_call_open_device_once(n: usize) {
     init_logging();
     let dir = ScratchDir::new("multi");
     let log = HookLog::default();
     let sets = DeviceSets::new();
-    let s = serve(&sets, &dir, "dev", &log, ProbeOptions::default(), None);
+    let s = serve_probe(&sets, &dir, "dev", &log, ProbeOptions::default(), None);
     let barrier = Arc::new(Barrier::new(n + 1));
     let threads: Vec<_> = (0..n)
         .map(|_| {
@@ -81,7 +70,7 @@ fn closing_one_of_two_connections_keeps_device_state() {
     let dir = ScratchDir::new("keep");
     let log = HookLog::default();
     let sets = DeviceSets::new();
-    let s = serve(&sets, &dir, "dev", &log, ProbeOptions::default(), None);
+    let s = serve_probe(&sets, &dir, "dev", &log, ProbeOptions::default(), None);
     let mut a = Client::new(&s.path).unwrap();
     a.region_write(0, 0x10, &0xfeed_f00du32.to_le_bytes())
         .unwrap();
@@ -117,7 +106,7 @@ fn a_connection_closing_drops_only_its_own_eventfds() {
     let dir = ScratchDir::new("irqown");
     let log = HookLog::default();
     let sets = DeviceSets::new();
-    let s = serve(&sets, &dir, "dev", &log, ProbeOptions::default(), None);
+    let s = serve_probe(&sets, &dir, "dev", &log, ProbeOptions::default(), None);
     let mut a = Client::new(&s.path).unwrap();
     let efd = EventFd::new(EFD_NONBLOCK).unwrap();
     use std::os::fd::AsRawFd;
@@ -151,7 +140,7 @@ fn a_failing_open_device_leaves_the_count_at_zero_and_the_next_open_succeeds() {
     let sets = DeviceSets::new();
     let opts = ProbeOptions::default();
     opts.fail_opens.store(1, Ordering::Release);
-    let s = serve(&sets, &dir, "dev", &log, opts, None);
+    let s = serve_probe(&sets, &dir, "dev", &log, opts, None);
     let mut raw = RawClient::connect(&s.path);
     let r = raw.version(b"{}\0");
     assert_eq!(
@@ -186,7 +175,7 @@ fn hooks_of_one_set_serialize() {
     };
     let served: Vec<_> = ["a", "b", "c"]
         .iter()
-        .map(|n| serve(&sets, &dir, n, &log, opts.clone(), Some("bus0")))
+        .map(|n| serve_probe(&sets, &dir, n, &log, opts.clone(), Some("bus0")))
         .collect();
     assert_eq!(served[0].handle().set().len(), 3, "one set of three");
     for _round in 0..3 {
@@ -228,8 +217,8 @@ fn hooks_of_different_sets_run_concurrently() {
         rendezvous: Some(meet.clone()),
         ..Default::default()
     };
-    let a = serve(&sets, &dir, "a", &log, opts.clone(), Some("bus1"));
-    let b = serve(&sets, &dir, "b", &log, opts, None);
+    let a = serve_probe(&sets, &dir, "a", &log, opts.clone(), Some("bus1"));
+    let b = serve_probe(&sets, &dir, "b", &log, opts, None);
     let (pa, pb) = (a.path.clone(), b.path.clone());
     let ta = std::thread::spawn(move || Client::new(&pa).unwrap());
     let tb = std::thread::spawn(move || Client::new(&pb).unwrap());
@@ -251,7 +240,7 @@ fn open_close_storms_across_sets_end_consistent() {
     let served: Vec<_> = (0..6)
         .map(|i| {
             let key = format!("set{}", i % 3);
-            serve(
+            serve_probe(
                 &sets,
                 &dir,
                 &format!("d{i}"),
@@ -297,7 +286,7 @@ fn a_client_killed_mid_message_still_ends_in_close_device() {
     let dir = ScratchDir::new("killed");
     let log = HookLog::default();
     let sets = DeviceSets::new();
-    let s = serve(&sets, &dir, "dev", &log, ProbeOptions::default(), None);
+    let s = serve_probe(&sets, &dir, "dev", &log, ProbeOptions::default(), None);
     // Partial header.
     let mut c = RawClient::open(&s.path);
     c.send_raw(&[9, 0, 9, 0, 40, 0]);
@@ -327,7 +316,7 @@ fn shutting_the_server_down_closes_every_connection() {
     let dir = ScratchDir::new("shutdown");
     let log = HookLog::default();
     let sets = DeviceSets::new();
-    let s = serve(&sets, &dir, "dev", &log, ProbeOptions::default(), None);
+    let s = serve_probe(&sets, &dir, "dev", &log, ProbeOptions::default(), None);
     let clients: Vec<_> = (0..4).map(|_| Client::new(&s.path).unwrap()).collect();
     let path = s.path.clone();
     let ServedProbe { server, .. } = s;

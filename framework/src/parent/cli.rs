@@ -30,6 +30,13 @@ pub struct DirArg {
     pub dir: Option<PathBuf>,
 }
 
+impl DirArg {
+    /// The directory given, or `driver`'s [`default_dir`].
+    pub fn resolve(&self, driver: &str) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| default_dir(driver))
+    }
+}
+
 /// The shared subcommands.
 #[derive(Subcommand, Debug, Clone)]
 pub enum ParentCommand {
@@ -128,28 +135,24 @@ fn parse_params(list: &[String]) -> Result<CreateParams, String> {
         .collect()
 }
 
-/// Asks the process to stop serving, as SIGTERM would (for a console's quit key).
-pub fn request_shutdown() {
-    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM);
+/// The signals that stop `serve`.
+fn shutdown_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set
 }
 
 /// Blocks SIGINT and SIGTERM in the calling thread (and every thread it spawns later), so
 /// [`wait_for_shutdown`] can take them synchronously.
 pub fn block_shutdown_signals() {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    let _ = set.thread_block();
+    let _ = shutdown_signals().thread_block();
 }
 
 /// Waits for SIGINT or SIGTERM (blocked first with [`block_shutdown_signals`]).
 pub fn wait_for_shutdown() {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    if let Ok(sig) = set.wait() {
+    if let Ok(sig) = shutdown_signals().wait() {
         info!("{sig:?} received, shutting down");
     }
 }
@@ -194,7 +197,7 @@ pub fn run(
     cmd: ParentCommand,
     make_driver: impl FnOnce() -> Arc<dyn MdevDriver>,
 ) -> i32 {
-    let dir_of = |d: &DirArg| d.dir.clone().unwrap_or_else(|| default_dir(driver_name));
+    let dir_of = |d: &DirArg| d.resolve(driver_name);
     let fail = |what: String| {
         eprintln!("{driver_name}: {what}");
         1

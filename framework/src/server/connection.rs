@@ -2,7 +2,7 @@
 //! dispatch of every command to the device. Malformed input gets an error reply and the
 //! stream stays in sync; input that breaks framing closes the connection, releasing its open.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -203,9 +203,7 @@ impl Connection {
                 );
                 continue;
             }
-            let no_reply = msg.no_reply();
-            let result = self.dispatch(&msg, no_reply);
-            if let Err(f) = result {
+            if let Err(f) = self.dispatch(&msg) {
                 shared.stats.errors.fetch_add(1, Ordering::Relaxed);
                 warn!(
                     "{}: {}: command {} (id {}) failed: {} (errno {})",
@@ -216,7 +214,7 @@ impl Connection {
                     f.what,
                     f.errno
                 );
-                if !no_reply && wire::send_error(&self.sock, &msg.header, f.errno).is_err() {
+                if !msg.no_reply() && wire::send_error(&self.sock, &msg.header, f.errno).is_err() {
                     return;
                 }
             }
@@ -224,21 +222,12 @@ impl Connection {
     }
 
     /// Handles one command; on success the reply (if any) has been sent.
-    fn dispatch(&mut self, msg: &Message, no_reply: bool) -> Result<(), Failure> {
+    fn dispatch(&mut self, msg: &Message) -> Result<(), Failure> {
         let Some(cmd) = msg.command() else {
             return Err(Failure {
                 errno: libc::ENOTSUP,
                 what: format!("unknown command {}", msg.header.command),
             });
-        };
-        let reply = |sock: &UnixStream, body: &[&[u8]], fds: &[i32]| -> Result<(), Failure> {
-            if no_reply {
-                return Ok(());
-            }
-            wire::send_reply(sock, &msg.header, body, fds).map_err(|e| Failure {
-                errno: libc::EPIPE,
-                what: format!("reply failed: {e}"),
-            })
         };
         match cmd {
             Command::Version => Err(einval("VERSION after negotiation")),
@@ -255,9 +244,9 @@ impl Connection {
                     num_irqs: dev.interrupts().num_indexes(),
                 };
                 drop(dev);
-                reply(&self.sock, &[info.as_slice()], &[])
+                self.reply(msg, &[info.as_slice()], &[])
             }
-            Command::DeviceGetRegionInfo => self.region_info(msg, no_reply),
+            Command::DeviceGetRegionInfo => self.region_info(msg),
             Command::DeviceGetIrqInfo => {
                 let req: wire::IrqInfoMsg = msg.fixed()?;
                 let info = self
@@ -271,18 +260,27 @@ impl Connection {
                     index: req.index,
                     count: info.count,
                 };
-                reply(&self.sock, &[out.as_slice()], &[])
+                self.reply(msg, &[out.as_slice()], &[])
             }
             Command::DeviceSetIrqs => {
                 self.set_irqs(msg)?;
-                reply(&self.sock, &[], &[])
+                self.reply(msg, &[], &[])
             }
             Command::RegionRead => {
                 let req: wire::RegionAccessMsg = msg.fixed()?;
                 self.check_access(&req, RegionFlags::READ)?;
-                let mut data = vec![0u8; req.count as usize];
-                self.handle.lock().read(req.region, req.offset, &mut data)?;
-                reply(&self.sock, &[req.as_slice(), &data], &[])
+                // Register reads are a few bytes: those need no allocation.
+                let mut small = [0u8; 8];
+                let mut large = Vec::new();
+                let data = match small.get_mut(..req.count as usize) {
+                    Some(d) => d,
+                    None => {
+                        large.resize(req.count as usize, 0);
+                        &mut large[..]
+                    }
+                };
+                self.handle.lock().read(req.region, req.offset, data)?;
+                self.reply(msg, &[req.as_slice(), data], &[])
             }
             Command::RegionWrite => {
                 let req: wire::RegionAccessMsg = msg.fixed()?;
@@ -296,20 +294,20 @@ impl Connection {
                 }
                 self.check_access(&req, RegionFlags::WRITE)?;
                 self.handle.lock().write(req.region, req.offset, data)?;
-                reply(&self.sock, &[req.as_slice()], &[])
+                self.reply(msg, &[req.as_slice()], &[])
             }
             Command::DmaMap => {
                 self.dma_map(msg)?;
-                reply(&self.sock, &[], &[])
+                self.reply(msg, &[], &[])
             }
             Command::DmaUnmap => {
                 let req = self.dma_unmap(msg)?;
-                reply(&self.sock, &[req.as_slice()], &[])
+                self.reply(msg, &[req.as_slice()], &[])
             }
             Command::DeviceReset => {
                 self.handle.reset(self.owner)?;
                 info!("{}: device reset by {}", self.handle.name(), self.id);
-                reply(&self.sock, &[], &[])
+                self.reply(msg, &[], &[])
             }
             Command::DeviceGetRegionIoFds
             | Command::DmaRead
@@ -319,6 +317,17 @@ impl Connection {
                 what: format!("{cmd:?} is not supported"),
             }),
         }
+    }
+
+    /// Sends the reply to `msg`, unless its sender asked for none.
+    fn reply(&self, msg: &Message, body: &[&[u8]], fds: &[RawFd]) -> Result<(), Failure> {
+        if msg.no_reply() {
+            return Ok(());
+        }
+        wire::send_reply(&self.sock, &msg.header, body, fds).map_err(|e| Failure {
+            errno: libc::EPIPE,
+            what: format!("reply failed: {e}"),
+        })
     }
 
     fn check_access(&self, req: &wire::RegionAccessMsg, need: RegionFlags) -> Result<(), Failure> {
@@ -351,7 +360,7 @@ impl Connection {
         Ok(())
     }
 
-    fn region_info(&mut self, msg: &Message, no_reply: bool) -> Result<(), Failure> {
+    fn region_info(&mut self, msg: &Message) -> Result<(), Failure> {
         let req: wire::RegionInfoMsg = msg.fixed()?;
         if (req.argsz as usize) < std::mem::size_of::<wire::RegionInfoMsg>() {
             return Err(einval("DEVICE_GET_REGION_INFO argsz too small"));
@@ -406,15 +415,7 @@ impl Connection {
                 }
             }
         }
-        if no_reply {
-            return Ok(());
-        }
-        wire::send_reply(&self.sock, &msg.header, &[out.as_slice(), &caps], &fds).map_err(|e| {
-            Failure {
-                errno: libc::EPIPE,
-                what: format!("reply failed: {e}"),
-            }
-        })
+        self.reply(msg, &[out.as_slice(), &caps], &fds)
     }
 
     fn set_irqs(&mut self, msg: &Message) -> Result<(), Failure> {
