@@ -792,4 +792,30 @@ mod tests {
         assert_eq!(r32(&c, PCI_ROM_ADDRESS as u64), 0xffff_0001);
         assert!(c.set_rom(0x100).is_err());
     }
+
+    #[test]
+    fn msix_control_is_read_back_with_its_table_size() {
+        use crate::pci::MsixCapability;
+        let mut c = PciConfig::new(&ident());
+        assert_eq!(c.msix(), None);
+        let off = c
+            .add_capability(&MsixCapability {
+                table_size: 8,
+                table_bar: 1,
+                table_offset: 0,
+                pba_bar: 1,
+                pba_offset: 0x800,
+            })
+            .unwrap() as u64;
+        let s = c.msix().unwrap();
+        assert!(!s.enabled && !s.function_masked);
+        assert_eq!(s.table_size, 8);
+        // Enable + function mask are writable; the table size is not.
+        c.write(off + 2, &0xffffu16.to_le_bytes());
+        let s = c.msix().unwrap();
+        assert!(s.enabled && s.function_masked);
+        assert_eq!(s.table_size, 8);
+        c.reset();
+        assert!(!c.msix().unwrap().enabled);
+    }
 }
