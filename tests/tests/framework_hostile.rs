@@ -579,3 +579,33 @@ fn random_messages_never_hang_panic_or_leak_an_open() {
         "a thread panicked while serving random messages"
     );
 }
+
+/// A client opening connection after connection cannot make the server spawn threads without
+/// bound: past the limit a new connection is closed at once, the open ones keep working, and
+/// room frees up as connections close.
+#[test]
+fn connections_past_the_limit_are_refused_and_the_rest_keep_working() {
+    let f = fixture();
+    f.server.set_max_connections(4);
+    let mut open: Vec<RawClient> = (0..4).map(|_| RawClient::open(&f.path)).collect();
+    let mut extra = RawClient::connect(&f.path);
+    assert!(extra.closed_by_server(), "the fifth connection is closed");
+    assert_eq!(
+        f.server
+            .stats()
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    for c in &mut open {
+        assert_in_sync(c);
+    }
+    open.pop();
+    wait_until("a slot frees up", || f.server.connections() == 3);
+    let mut again = RawClient::open(&f.path);
+    assert_in_sync(&mut again);
+    drop((open, again));
+    wait_until("every open released", || {
+        f.server.handle().open_count() == 0
+    });
+}

@@ -28,6 +28,8 @@ pub struct ConnectionStats {
     pub errors: AtomicU64,
     /// Connections closed because the stream could not be kept in sync.
     pub dropped: AtomicU64,
+    /// Connections refused because the device already served its maximum.
+    pub refused: AtomicU64,
 }
 
 /// Why a command failed: the errno for the reply, and a line for the log.

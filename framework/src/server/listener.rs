@@ -8,6 +8,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -65,6 +66,8 @@ pub(crate) struct Shared {
     pub(crate) handle: Arc<DeviceHandle>,
     live: Mutex<HashMap<ConnectionId, Live>>,
     pub(crate) stats: ConnectionStats,
+    /// Connections served at once; more are refused (each costs a thread).
+    max_connections: AtomicUsize,
 }
 
 impl Shared {
@@ -75,6 +78,10 @@ impl Shared {
             .remove(&id);
     }
 }
+
+/// Connections one device serves at once by default. Each is a thread; QEMU needs one, a
+/// viewer or a test a few more.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 
 /// A device served on a socket. Dropping it (or [`DeviceServer::shutdown`]) stops accepting,
 /// closes every connection (each one's close runs as for a client that went away) and
@@ -131,6 +138,7 @@ impl DeviceServer {
         let shared = Arc::new(Shared {
             handle,
             live: Mutex::new(HashMap::new()),
+            max_connections: AtomicUsize::new(DEFAULT_MAX_CONNECTIONS),
             stats: ConnectionStats::default(),
         });
         let shared2 = shared.clone();
@@ -146,6 +154,12 @@ impl DeviceServer {
             accept: Some(accept),
             shared,
         })
+    }
+
+    /// Serves at most `n` connections at once (default [`DEFAULT_MAX_CONNECTIONS`]); a client
+    /// connecting beyond that is closed at once. Connections already open are not affected.
+    pub fn set_max_connections(&self, n: usize) {
+        self.shared.max_connections.store(n, Ordering::Relaxed);
     }
 
     /// The socket path (when the socket has one).
@@ -271,6 +285,25 @@ fn accept_loop(listener: UnixListener, stop: EventFd, shared: Arc<Shared>) {
             }
         };
         let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+        let max = shared.max_connections.load(Ordering::Relaxed);
+        if live.len() >= max {
+            // Closing at once is the clearest answer a client that has not spoken yet can get.
+            shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+            if shared
+                .stats
+                .refused
+                .load(Ordering::Relaxed)
+                .is_power_of_two()
+            {
+                warn!(
+                    "{}: {max} connections already open; refusing more (refused so far: {})",
+                    shared.handle.name(),
+                    shared.stats.refused.load(Ordering::Relaxed)
+                );
+            }
+            drop(stream);
+            continue;
+        }
         let s2 = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("{id}"))
