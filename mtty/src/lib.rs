@@ -13,6 +13,8 @@
 //! driver binds. Each port is a 16550A ([`uart`]) that knows nothing of sockets; each port's
 //! host side ([`console`]) runs on its own threads and never holds the device lock.
 
+#![warn(missing_docs)]
+
 pub mod card;
 pub mod console;
 pub mod device;
