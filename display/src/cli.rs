@@ -34,6 +34,9 @@ pub enum ViewerCommand {
         /// With --every: stop after N snapshots (default: until interrupted).
         #[arg(long, value_name = "N", requires = "every")]
         count: Option<u64>,
+        /// With --every: write a file only when the picture changed since the last one.
+        #[arg(long, requires = "every")]
+        changes_only: bool,
         /// Instance UUID.
         uuid: Uuid,
         /// Output file of a single snapshot (same as the positional OUT.png).
@@ -116,6 +119,7 @@ pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeRea
             every: Some(secs),
             out_dir,
             count,
+            changes_only,
             uuid,
             ..
         } => {
@@ -124,7 +128,12 @@ pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeRea
                 .map_err(ViewerError::from)
                 .and_then(|mut client| {
                     let period = Duration::from_secs(secs.max(1));
-                    snapshot_every(&mut client, period, count, &out_dir, uuid)
+                    let every = Periodic {
+                        period,
+                        count,
+                        changes_only,
+                    };
+                    snapshot_every(&mut client, &every, &out_dir, uuid)
                 })
                 .map(|written| log::info!("{written} snapshot(s) written"))
         }
@@ -173,22 +182,33 @@ pub fn snapshot_once(
     Ok(())
 }
 
-/// Writes a PNG of `client`'s current frame into `out_dir` every `period`, `count` times
-/// (forever when `None`), as `UUID-UNIXTIME-SEQ.png`. A moment with nothing scanned out is
-/// skipped. Returns how many files were written.
+/// How [`snapshot_every`] takes its snapshots.
+#[derive(Clone, Copy, Debug)]
+pub struct Periodic {
+    /// Time between snapshots.
+    pub period: Duration,
+    /// Stop after this many (forever when `None`).
+    pub count: Option<u64>,
+    /// Write a file only when the picture (mode and pixels) changed since the last one.
+    pub changes_only: bool,
+}
+
+/// Writes a PNG of `client`'s current frame into `out_dir` as `every` says, as
+/// `UUID-UNIXTIME-SEQ.png`. A moment with nothing scanned out is skipped. Returns how many
+/// files were written.
 pub fn snapshot_every(
     client: &mut DisplayClient,
-    period: Duration,
-    count: Option<u64>,
+    every: &Periodic,
     out_dir: &Path,
     uuid: Uuid,
 ) -> Result<u64, ViewerError> {
     std::fs::create_dir_all(out_dir).map_err(|e| ViewerError::OutDir(out_dir.into(), e))?;
     let mut next = Instant::now();
     let mut written = 0;
-    for seq in 0..count.unwrap_or(u64::MAX) {
+    let mut filter = ChangeFilter::default();
+    for seq in 0..every.count.unwrap_or(u64::MAX) {
         if seq > 0 {
-            next += period;
+            next += every.period;
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
         }
         let stamp = SystemTime::now()
@@ -197,6 +217,10 @@ pub fn snapshot_every(
         let path = out_dir.join(format!("{uuid}-{stamp}-{seq:05}.png"));
         match client.frame()? {
             Some(frame) => {
+                if !filter.changed(&frame) && every.changes_only {
+                    log::debug!("snapshot {seq}: picture unchanged, not written");
+                    continue;
+                }
                 save_png(&frame, &path)?;
                 written += 1;
                 log::info!("snapshot -> {}", path.display());
@@ -205,6 +229,27 @@ pub fn snapshot_every(
         }
     }
     Ok(written)
+}
+
+/// Tells whether a frame shows something other than the frame it saw last: its mode or any
+/// visible pixel byte (compared through a 64-bit digest).
+#[derive(Debug, Default)]
+pub struct ChangeFilter {
+    last: Option<u64>,
+}
+
+impl ChangeFilter {
+    /// True for the first frame and for every frame that differs from the previous one.
+    pub fn changed(&mut self, frame: &crate::Frame<'_>) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        format!("{:?}", frame.mode()).hash(&mut h);
+        for y in 0..frame.height() {
+            frame.line(y).hash(&mut h);
+        }
+        let digest = h.finish();
+        self.last.replace(digest) != Some(digest)
+    }
 }
 
 #[cfg(test)]
@@ -258,5 +303,28 @@ mod tests {
             Cli::try_parse_from(["x", "view", UUID]).unwrap().command,
             ViewerCommand::View { .. }
         ));
+    }
+
+    #[test]
+    fn change_filter_sees_pixels_and_modes() {
+        use crate::{Frame, Mode, PixelFormat};
+        let mode = Mode::packed(PixelFormat::Xrgb8888, 4, 2);
+        let mut fb = vec![0u8; 4 * 4 * 2];
+        let mut f = ChangeFilter::default();
+        assert!(
+            f.changed(&Frame::new(mode, &fb).unwrap()),
+            "the first frame is new"
+        );
+        assert!(
+            !f.changed(&Frame::new(mode, &fb).unwrap()),
+            "the same frame is not"
+        );
+        fb[31] = 1;
+        assert!(
+            f.changed(&Frame::new(mode, &fb).unwrap()),
+            "a changed last pixel is"
+        );
+        let small = Mode::packed(PixelFormat::Xrgb8888, 4, 1);
+        assert!(f.changed(&Frame::new(small, &fb).unwrap()), "a new mode is");
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use mdev::parent::{Budget, CreateParams};
 use mdev::region::CONFIG_REGION_INDEX;
 use mdev::Device;
-use mdev_display::cli::{snapshot_every, snapshot_once};
+use mdev_display::cli::{snapshot_every, snapshot_once, Periodic};
 use mdev_display::testing::{draw_pattern, expected_rgb, map_framebuffer_rw};
 use mdev_display::{DisplayClient, Mode, PixelFormat};
 use mdev_tests::wait_until;
@@ -172,8 +172,12 @@ fn periodic_snapshots_land_in_their_directory() {
     draw_pattern(&mut fb, &mode);
     let mut viewer = DisplayClient::connect(&socket, Box::new(ConfigModeReader)).expect("viewer");
     let out = h.dir.join("periodic");
-    let written = snapshot_every(&mut viewer, std::time::Duration::ZERO, Some(3), &out, uuid)
-        .expect("snapshots");
+    let every = Periodic {
+        period: std::time::Duration::ZERO,
+        count: Some(3),
+        changes_only: false,
+    };
+    let written = snapshot_every(&mut viewer, &every, &out, uuid).expect("snapshots");
     assert_eq!(written, 3);
     let mut files: Vec<_> = std::fs::read_dir(&out)
         .unwrap()
@@ -191,4 +195,34 @@ fn periodic_snapshots_land_in_their_directory() {
             "{name}: pixels differ"
         );
     }
+}
+
+/// With `changes_only`, a picture that did not change between ticks is not written again
+/// (what counts as a change is unit-tested with `ChangeFilter` in the display crate).
+#[test]
+fn periodic_snapshots_can_skip_unchanged_pictures() {
+    let h = harness(4);
+    let socket = h.socket("vga");
+    let uuid = h.parent.instances()[0].uuid;
+    let guest = Client::new(&socket).expect("connect");
+    let mode = Mode::packed(PixelFormat::Xrgb8888, 640, 480);
+    let mut fb = map_framebuffer_rw(&guest).expect("map");
+    draw_pattern(&mut fb, &mode);
+    let mut viewer = DisplayClient::connect(&socket, Box::new(ConfigModeReader)).expect("viewer");
+    let out = h.dir.join("changes");
+    let every = Periodic {
+        period: std::time::Duration::ZERO,
+        count: Some(3),
+        changes_only: true,
+    };
+    assert_eq!(
+        snapshot_every(&mut viewer, &every, &out, uuid).unwrap(),
+        1,
+        "one picture, one file"
+    );
+    // Another run over the same picture writes it once more (each run starts afresh), and the
+    // picture it writes is the guest's current one.
+    fb[0..4].copy_from_slice(&0x00ab_cdefu32.to_le_bytes());
+    let out2 = h.dir.join("changes2");
+    assert_eq!(snapshot_every(&mut viewer, &every, &out2, uuid).unwrap(), 1);
 }
