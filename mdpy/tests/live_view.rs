@@ -8,25 +8,19 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mdev_display::testing::map_framebuffer_rw;
-use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-use nix::pty::{openpty, Winsize};
-use nix::sys::termios::{tcgetattr, LocalFlags, Termios};
+use mdev_tests::pty::{assert_restored, is_raw, Running, Terminal, DEADLINE};
+use mdev_tests::{wait_until, ScratchDir};
+use nix::sys::termios::LocalFlags;
 use uuid::Uuid;
 use vfio_user::Client;
 
 const MDPY: &str = env!("CARGO_BIN_EXE_mdpy");
-
-/// How long any one thing the test waits for may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(20);
 
 /// The pty's size.
 const COLS: u16 = 80;
@@ -56,83 +50,6 @@ const BLOCK_X: std::ops::Range<usize> = 256..384;
 const BLOCK_Y: std::ops::Range<usize> = 128..256;
 const BLOCK_COLS: std::ops::Range<usize> = 16..24;
 const BLOCK_ROWS: std::ops::Range<usize> = 4..8;
-
-/// Waits for `cond`; fails with `what` after [`DEADLINE`].
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("mdpy-{tag}-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Child processes.
-
-/// A child process that is killed if the test fails before it exits.
-struct Running {
-    child: Child,
-    what: &'static str,
-}
-
-impl Running {
-    fn start(mut cmd: Command, what: &'static str) -> Self {
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        Running { child, what }
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    /// Waits (up to [`DEADLINE`]) for the process to exit.
-    fn exit_status(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} still running after {DEADLINE:?}",
-                self.what
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn terminate(&mut self) -> ExitStatus {
-        // SAFETY: kill(2) on our own, not yet reaped child; no memory is involved.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        self.exit_status()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// `mdpy serve --dir DIR --create xga,uuid=UUID` with plain pipes (its log in DIR/serve.log).
 fn serve(dir: &Path, uuid: Uuid) -> Running {
@@ -183,126 +100,11 @@ fn paint(
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// The terminal a person sits at.
-
-/// A pseudo-terminal: the test types on the master and keeps a transcript of everything
-/// written to the slave side; the slave is what `mdpy view` gets as its terminal.
-struct Terminal {
-    master: File,
-    slave: OwnedFd,
-    transcript: Arc<Mutex<Vec<u8>>>,
-}
-
-fn no_inherit(fd: BorrowedFd<'_>) {
-    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).expect("FD_CLOEXEC");
-}
-
-impl Terminal {
-    /// A pty whose window is `cols` × `rows` (set on the slave with TIOCSWINSZ by openpty).
-    fn open(cols: u16, rows: u16) -> Self {
-        let size = Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = openpty(Some(&size), None).expect("openpty");
-        no_inherit(pty.master.as_fd());
-        no_inherit(pty.slave.as_fd());
-        let mut reader = File::from(pty.master.try_clone().expect("dup master"));
-        let transcript = Arc::new(Mutex::new(Vec::new()));
-        let sink = transcript.clone();
-        // Ends with EIO once every slave descriptor is closed.
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Terminal {
-            master: File::from(pty.master),
-            slave: pty.slave,
-            transcript,
-        }
-    }
-
-    fn stdio(&self) -> Stdio {
-        Stdio::from(self.slave.try_clone().expect("dup slave"))
-    }
-
-    fn mode(&self) -> Termios {
-        tcgetattr(&self.slave).expect("tcgetattr")
-    }
-
-    fn type_keys(&mut self, keys: &[u8]) {
-        self.master.write_all(keys).expect("type on the terminal");
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        self.transcript.lock().unwrap().clone()
-    }
-
-    fn len(&self) -> usize {
-        self.transcript.lock().unwrap().len()
-    }
-}
-
-/// Makes the child a session leader whose controlling terminal is its stdin.
-fn take_terminal() -> std::io::Result<()> {
-    // SAFETY: setsid has no memory-safety preconditions; it is async-signal-safe.
-    if unsafe { libc::setsid() } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: TIOCSCTTY takes an int argument and touches no memory of ours; fd 0 is the
-    // slave side the parent set up as stdin. ioctl is async-signal-safe.
-    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// `mdpy view --dir DIR UUID` with `term` as stdin, stdout, stderr and controlling terminal.
 fn view_on(term: &Terminal, dir: &Path, uuid: Uuid) -> Running {
     let mut cmd = Command::new(MDPY);
-    cmd.arg("view")
-        .arg("--dir")
-        .arg(dir)
-        .arg(uuid.to_string())
-        .stdin(term.stdio())
-        .stdout(term.stdio())
-        .stderr(term.stdio());
-    // SAFETY: the hook runs between fork and exec and calls only setsid and ioctl, both
-    // async-signal-safe; it allocates nothing and takes no lock.
-    unsafe {
-        cmd.pre_exec(take_terminal);
-    }
-    Running::start(cmd, "mdpy view")
-}
-
-fn is_raw(t: &Termios) -> bool {
-    !t.local_flags
-        .intersects(LocalFlags::ICANON | LocalFlags::ECHO)
-}
-
-fn assert_restored(before: &Termios, now: &Termios) {
-    assert_eq!(now.local_flags, before.local_flags, "local modes restored");
-    assert_eq!(now.input_flags, before.input_flags, "input modes restored");
-    assert_eq!(
-        now.output_flags, before.output_flags,
-        "output modes restored"
-    );
-    assert_eq!(
-        now.control_flags, before.control_flags,
-        "control modes restored"
-    );
-    assert_eq!(
-        now.control_chars, before.control_chars,
-        "control chars restored"
-    );
+    cmd.arg("view").arg("--dir").arg(dir).arg(uuid.to_string());
+    Running::on_terminal(cmd, term, "mdpy view")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -506,11 +308,11 @@ const RESET_COLOURS: &[u8] = b"\x1b[0m";
 
 #[test]
 fn view_draws_the_guest_picture_redraws_only_changes_and_quits_restoring_the_terminal() {
-    let scratch = Scratch::new("live-view");
+    let scratch = ScratchDir::new("mdpy-live-view");
     let uuid = Uuid::new_v4();
-    let mut server = serve(&scratch.0, uuid);
-    let socket = scratch.0.join(format!("{uuid}.sock"));
-    let guest = connect(&socket, &mut server, &scratch.0.join("serve.log"));
+    let mut server = serve(scratch.path(), uuid);
+    let socket = scratch.join(&format!("{uuid}.sock"));
+    let guest = connect(&socket, &mut server, &scratch.join("serve.log"));
 
     // The guest paints left half red, right half blue through its mapping of BAR0.
     let mut fb = map_framebuffer_rw(&guest).expect("map BAR0");
@@ -523,13 +325,13 @@ fn view_draws_the_guest_picture_redraws_only_changes_and_quits_restoring_the_ter
         }
     });
 
-    let mut term = Terminal::open(COLS, ROWS);
+    let mut term = Terminal::with_size(COLS, ROWS);
     let before = term.mode();
     assert!(
         !is_raw(&before),
         "a fresh pty is in canonical mode with echo"
     );
-    let mut view = view_on(&term, &scratch.0, uuid);
+    let mut view = view_on(&term, scratch.path(), uuid);
 
     // The first frame: the whole picture, scaled to 64×24 cells, on the alternate screen.
     let picture_start = |t: &[u8]| find(t, ENTER_ALTERNATE_SCREEN).map(|i| i + 8);
@@ -679,20 +481,20 @@ fn view_draws_the_guest_picture_redraws_only_changes_and_quits_restoring_the_ter
 
 #[test]
 fn view_refuses_when_standard_output_is_not_a_terminal() {
-    let scratch = Scratch::new("view-no-tty");
+    let scratch = ScratchDir::new("mdpy-view-no-tty");
     let uuid = Uuid::new_v4();
-    let mut server = serve(&scratch.0, uuid);
-    let socket = scratch.0.join(format!("{uuid}.sock"));
-    drop(connect(&socket, &mut server, &scratch.0.join("serve.log")));
+    let mut server = serve(scratch.path(), uuid);
+    let socket = scratch.join(&format!("{uuid}.sock"));
+    drop(connect(&socket, &mut server, &scratch.join("serve.log")));
 
     // stdin is a terminal (so raw mode would be possible), stdout a pipe: refused, and the
     // terminal is left exactly as it was.
-    let term = Terminal::open(COLS, ROWS);
+    let term = Terminal::with_size(COLS, ROWS);
     let before = term.mode();
     let mut cmd = Command::new(MDPY);
     cmd.arg("view")
         .arg("--dir")
-        .arg(&scratch.0)
+        .arg(scratch.path())
         .arg(uuid.to_string())
         .stdin(term.stdio())
         .stdout(Stdio::piped())

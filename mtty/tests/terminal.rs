@@ -11,275 +11,32 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mdev_tests::pty::{assert_restored, is_raw, wait_readable, Running, Terminal, DEADLINE};
+use mdev_tests::{wait_until, ScratchDir};
 use mtty::console::terminal::DETACH_KEY;
 use mtty::uart::{
     Fcr, Ier, Lsr, Mcr, Msr, IER, IIR_FCR, IIR_RDA, LCR, LSR, MCR, MSR, RBR_THR, SCR,
 };
-use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::pty::openpty;
-use nix::sys::signal::{kill, Signal};
-use nix::sys::termios::{tcgetattr, LocalFlags, Termios};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+use nix::sys::termios::tcgetattr;
 use uuid::Uuid;
 use vfio_user::Client;
 
 const MTTY: &str = env!("CARGO_BIN_EXE_mtty");
-
-/// How long any one thing the test waits for may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(10);
-
-/// Waits for `cond`, checking every millisecond; fails with `what` after [`DEADLINE`].
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// A scratch directory, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("mtty-term-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// The terminal a person sits at.
-
-/// A pseudo-terminal: the test types on the master and keeps a transcript of everything
-/// written to the slave side; the slave is what `mtty` gets as its terminal.
-struct Terminal {
-    master: File,
-    slave: OwnedFd,
-    transcript: Arc<Mutex<Vec<u8>>>,
-}
-
-fn no_inherit(fd: BorrowedFd<'_>) {
-    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).expect("FD_CLOEXEC");
-}
-
-impl Terminal {
-    fn open() -> Self {
-        let pty = openpty(None, None).expect("openpty");
-        no_inherit(pty.master.as_fd());
-        no_inherit(pty.slave.as_fd());
-        let mut reader = File::from(pty.master.try_clone().expect("dup master"));
-        let transcript = Arc::new(Mutex::new(Vec::new()));
-        let sink = transcript.clone();
-        // Ends with EIO once every slave descriptor is closed.
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Terminal {
-            master: File::from(pty.master),
-            slave: pty.slave,
-            transcript,
-        }
-    }
-
-    /// The slave side, for a child's stdin/stdout/stderr.
-    fn stdio(&self) -> Stdio {
-        Stdio::from(self.slave.try_clone().expect("dup slave"))
-    }
-
-    fn mode(&self) -> Termios {
-        tcgetattr(&self.slave).expect("tcgetattr")
-    }
-
-    fn type_keys(&mut self, keys: &[u8]) {
-        self.master.write_all(keys).expect("type on the terminal");
-    }
-
-    fn shows(&self, text: &[u8]) -> bool {
-        let t = self.transcript.lock().unwrap();
-        t.windows(text.len()).any(|w| w == text)
-    }
-
-    fn transcript(&self) -> String {
-        String::from_utf8_lossy(&self.transcript.lock().unwrap()).into_owned()
-    }
-
-    fn wait_shows(&self, text: &[u8]) {
-        let deadline = Instant::now() + DEADLINE;
-        while !self.shows(text) {
-            assert!(
-                Instant::now() < deadline,
-                "terminal never showed {:?}; it shows {:?}",
-                String::from_utf8_lossy(text),
-                self.transcript()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// Reads a line from the slave side, as a program in canonical mode would.
-    fn read_line_from_slave(&self) -> Vec<u8> {
-        let mut line = Vec::new();
-        let deadline = Instant::now() + DEADLINE;
-        while !line.ends_with(b"\n") {
-            wait_readable(self.slave.as_fd(), deadline);
-            let mut buf = [0u8; 256];
-            let n = nix::unistd::read(self.slave.as_raw_fd(), &mut buf).expect("read slave");
-            line.extend_from_slice(&buf[..n]);
-        }
-        line
-    }
-}
-
-/// Fails unless `fd` becomes readable before `deadline`.
-fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "nothing to read within {DEADLINE:?}");
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(n) if n > 0 => return,
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => panic!("poll: {e}"),
-        }
-    }
-}
-
-/// Raw mode as a serial console needs it: no line editing, no echo, no signals from keys.
-fn is_raw(t: &Termios) -> bool {
-    !t.local_flags
-        .intersects(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG)
-}
-
-/// Fails unless `now` is the mode `before` was.
-fn assert_restored(before: &Termios, now: &Termios) {
-    assert_eq!(now.local_flags, before.local_flags, "local modes restored");
-    assert_eq!(now.input_flags, before.input_flags, "input modes restored");
-    assert_eq!(
-        now.output_flags, before.output_flags,
-        "output modes restored"
-    );
-    assert_eq!(
-        now.control_flags, before.control_flags,
-        "control modes restored"
-    );
-    assert_eq!(
-        now.control_chars, before.control_chars,
-        "control chars restored"
-    );
-}
-
-/// Makes the child a session leader whose controlling terminal is its stdin, as a login
-/// shell's child on a real terminal would have.
-fn take_terminal() -> io::Result<()> {
-    // SAFETY: setsid has no memory-safety preconditions; it is async-signal-safe.
-    if unsafe { libc::setsid() } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: TIOCSCTTY takes an int argument and touches no memory of ours; fd 0 is the
-    // slave side the parent set up as stdin. ioctl is async-signal-safe.
-    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------
-// The mtty processes.
-
-/// A child process that is killed if the test fails before it exits.
-struct Running {
-    child: Child,
-    what: &'static str,
-}
-
-impl Running {
-    fn start(mut cmd: Command, what: &'static str) -> Self {
-        cmd.env("RUST_LOG", "info");
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        Running { child, what }
-    }
-
-    /// Starts `cmd` with `term` as its stdin, stdout, stderr and controlling terminal.
-    fn on_terminal(mut cmd: Command, term: &Terminal, what: &'static str) -> Self {
-        cmd.stdin(term.stdio())
-            .stdout(term.stdio())
-            .stderr(term.stdio());
-        // SAFETY: the hook runs between fork and exec and calls only setsid and ioctl, both
-        // async-signal-safe; it allocates nothing and takes no lock.
-        unsafe {
-            cmd.pre_exec(take_terminal);
-        }
-        Running::start(cmd, what)
-    }
-
-    fn signal(&self, sig: Signal) {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
-        kill(pid, sig).unwrap_or_else(|e| panic!("signal {}: {e}", self.what));
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    /// Waits (up to [`DEADLINE`]) for the process to exit.
-    fn exit_status(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} still running after {DEADLINE:?}",
-                self.what
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// `mtty serve --dir DIR --create mtty-1,uuid=…,port0=CONSOLE`; returns the command and the
 /// instance's vfio-user socket.
 fn serve(dir: &Path, console: &str) -> (Command, PathBuf) {
     let uuid = Uuid::new_v4();
     let mut cmd = Command::new(MTTY);
-    cmd.arg("serve")
+    cmd.env("RUST_LOG", "info")
+        .arg("serve")
         .arg("--dir")
         .arg(dir)
         .arg("--create")
@@ -383,11 +140,11 @@ fn transmit(c: &mut Client, bytes: &[u8]) {
 
 #[test]
 fn terminal_console_is_raw_carries_bytes_both_ways_and_is_restored_on_sigterm() {
-    let scratch = Scratch::new();
+    let scratch = ScratchDir::new("mtty-term");
     let mut term = Terminal::open();
     let before = term.mode();
     assert!(!is_raw(&before), "a fresh pty starts in cooked mode");
-    let (cmd, socket) = serve(&scratch.0, "terminal");
+    let (cmd, socket) = serve(scratch.path(), "terminal");
     let mut server = Running::on_terminal(cmd, &term, "mtty serve (terminal)");
     let mut c = connect(&socket, &mut server);
     wait_until("the serving terminal in raw mode", || is_raw(&term.mode()));
@@ -416,10 +173,10 @@ fn terminal_console_is_raw_carries_bytes_both_ways_and_is_restored_on_sigterm() 
 
 #[test]
 fn ctrl_close_bracket_detaches_the_terminal_console_and_the_card_keeps_serving() {
-    let scratch = Scratch::new();
+    let scratch = ScratchDir::new("mtty-term");
     let mut term = Terminal::open();
     let before = term.mode();
-    let (cmd, socket) = serve(&scratch.0, "terminal");
+    let (cmd, socket) = serve(scratch.path(), "terminal");
     let mut server = Running::on_terminal(cmd, &term, "mtty serve (terminal)");
     let mut c = connect(&socket, &mut server);
     wait_until("the serving terminal in raw mode", || is_raw(&term.mode()));
@@ -474,10 +231,10 @@ fn ctrl_close_bracket_detaches_the_terminal_console_and_the_card_keeps_serving()
 
 #[test]
 fn a_failed_start_after_the_terminal_console_restores_the_terminal() {
-    let scratch = Scratch::new();
+    let scratch = ScratchDir::new("mtty-term");
     let term = Terminal::open();
     let before = term.mode();
-    let (mut cmd, _) = serve(&scratch.0, "terminal");
+    let (mut cmd, _) = serve(scratch.path(), "terminal");
     // The terminal can be one port's console only: the second instance fails, the first is
     // torn down, and the process exits with an error.
     cmd.arg("--create").arg("mtty-1,port0=terminal");
@@ -538,8 +295,8 @@ fn read_bytes(f: &mut File, want: usize) -> Vec<u8> {
 
 #[test]
 fn pty_console_round_trips_bytes_and_can_be_reopened() {
-    let scratch = Scratch::new();
-    let (mut cmd, socket) = serve(&scratch.0, "pty");
+    let scratch = ScratchDir::new("mtty-term");
+    let (mut cmd, socket) = serve(scratch.path(), "pty");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -553,7 +310,7 @@ fn pty_console_round_trips_bytes_and_can_be_reopened() {
     // `mtty list` tells the user where the port is.
     let listing = Command::new(env!("CARGO_BIN_EXE_mtty"))
         .args(["list", "--json", "--dir"])
-        .arg(&scratch.0)
+        .arg(scratch.path())
         .output()
         .expect("mtty list");
     let listing = String::from_utf8_lossy(&listing.stdout);
@@ -584,10 +341,10 @@ fn pty_console_round_trips_bytes_and_can_be_reopened() {
 }
 
 /// `mtty serve` with port 0 on a console socket, its log in the scratch directory.
-fn serve_socket(scratch: &Scratch) -> (Running, Client, PathBuf) {
-    let console = scratch.0.join("port0.sock");
-    let (mut cmd, socket) = serve(&scratch.0, &format!("socket:{}", console.display()));
-    let log = File::create(scratch.0.join("serve.log")).expect("log file");
+fn serve_socket(scratch: &ScratchDir) -> (Running, Client, PathBuf) {
+    let console = scratch.join("port0.sock");
+    let (mut cmd, socket) = serve(scratch.path(), &format!("socket:{}", console.display()));
+    let log = File::create(scratch.join("serve.log")).expect("log file");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
@@ -600,13 +357,13 @@ fn serve_socket(scratch: &Scratch) -> (Running, Client, PathBuf) {
 
 fn attach(console: &Path, term: &Terminal) -> Running {
     let mut cmd = Command::new(MTTY);
-    cmd.arg("attach").arg(console);
+    cmd.env("RUST_LOG", "info").arg("attach").arg(console);
     Running::on_terminal(cmd, term, "mtty attach")
 }
 
 #[test]
 fn attach_round_trips_bytes_and_ctrl_close_bracket_detaches_restoring_the_terminal() {
-    let scratch = Scratch::new();
+    let scratch = ScratchDir::new("mtty-term");
     let (mut server, mut c, console) = serve_socket(&scratch);
     assert!(!carrier(&mut c), "nobody attached yet");
 
@@ -648,7 +405,7 @@ fn attach_round_trips_bytes_and_ctrl_close_bracket_detaches_restoring_the_termin
 
 #[test]
 fn attach_ends_and_restores_the_terminal_when_the_server_goes_away() {
-    let scratch = Scratch::new();
+    let scratch = ScratchDir::new("mtty-term");
     let (mut server, mut c, console) = serve_socket(&scratch);
     let term = Terminal::open();
     let before = term.mode();

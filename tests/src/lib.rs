@@ -4,6 +4,7 @@
 
 pub mod parent_harness;
 pub mod probe_device;
+pub mod pty;
 pub mod raw_client;
 pub mod scratch;
 
@@ -17,10 +18,10 @@ pub fn init_logging() {
     let _ = env_logger::builder().is_test(true).try_init();
 }
 
-/// Waits for `cond` to hold, checking every millisecond, and panics with `what` after 10 s.
+/// Waits for `cond` to hold, checking every millisecond, and panics with `what` after 20 s.
 /// For conditions another thread makes true (a server noticing a closed connection).
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !cond() {
         assert!(
             std::time::Instant::now() < deadline,

@@ -161,8 +161,17 @@ fn odd_config_accesses_never_panic() {
     assert_eq!(budget.used(), 0);
 }
 
-#[test]
-fn periodic_snapshots_land_in_their_directory() {
+/// A vga instance whose guest drew the test pattern, and a viewer attached to it.
+struct Painted {
+    h: Harness,
+    uuid: uuid::Uuid,
+    mode: Mode,
+    _guest: Client,
+    fb: memmap2::MmapMut,
+    viewer: DisplayClient,
+}
+
+fn painted_vga() -> Painted {
     let h = harness(4);
     let socket = h.socket("vga");
     let uuid = h.parent.instances()[0].uuid;
@@ -170,7 +179,26 @@ fn periodic_snapshots_land_in_their_directory() {
     let mode = Mode::packed(PixelFormat::Xrgb8888, 640, 480);
     let mut fb = map_framebuffer_rw(&guest).expect("map");
     draw_pattern(&mut fb, &mode);
-    let mut viewer = DisplayClient::connect(&socket, Box::new(ConfigModeReader)).expect("viewer");
+    let viewer = DisplayClient::connect(&socket, Box::new(ConfigModeReader)).expect("viewer");
+    Painted {
+        h,
+        uuid,
+        mode,
+        _guest: guest,
+        fb,
+        viewer,
+    }
+}
+
+#[test]
+fn periodic_snapshots_land_in_their_directory() {
+    let Painted {
+        h,
+        uuid,
+        mode,
+        mut viewer,
+        ..
+    } = painted_vga();
     let out = h.dir.join("periodic");
     let every = Periodic {
         period: std::time::Duration::ZERO,
@@ -201,14 +229,13 @@ fn periodic_snapshots_land_in_their_directory() {
 /// (what counts as a change is unit-tested with `ChangeFilter` in the display crate).
 #[test]
 fn periodic_snapshots_can_skip_unchanged_pictures() {
-    let h = harness(4);
-    let socket = h.socket("vga");
-    let uuid = h.parent.instances()[0].uuid;
-    let guest = Client::new(&socket).expect("connect");
-    let mode = Mode::packed(PixelFormat::Xrgb8888, 640, 480);
-    let mut fb = map_framebuffer_rw(&guest).expect("map");
-    draw_pattern(&mut fb, &mode);
-    let mut viewer = DisplayClient::connect(&socket, Box::new(ConfigModeReader)).expect("viewer");
+    let Painted {
+        h,
+        uuid,
+        mut fb,
+        mut viewer,
+        ..
+    } = painted_vga();
     let out = h.dir.join("changes");
     let every = Periodic {
         period: std::time::Duration::ZERO,
@@ -220,9 +247,16 @@ fn periodic_snapshots_can_skip_unchanged_pictures() {
         1,
         "one picture, one file"
     );
-    // Another run over the same picture writes it once more (each run starts afresh), and the
-    // picture it writes is the guest's current one.
+    // Another run writes its first picture afresh: the guest's current one.
     fb[0..4].copy_from_slice(&0x00ab_cdefu32.to_le_bytes());
     let out2 = h.dir.join("changes2");
     assert_eq!(snapshot_every(&mut viewer, &every, &out2, uuid).unwrap(), 1);
+    let file = std::fs::read_dir(&out2)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let img = image::open(file).expect("decode").to_rgb8();
+    assert_eq!(img.get_pixel(0, 0).0, [0xab, 0xcd, 0xef]);
 }
