@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 
 use crate::device::Device;
 use crate::error::DeviceError;
@@ -33,6 +33,33 @@ impl From<&str> for DeviceSetKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct DeviceId(pub u64);
 
+/// One open of a device: the connection, who is behind it, and whether it drives the device.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Open {
+    /// The connection.
+    pub conn: ConnectionId,
+    /// The client process behind it.
+    pub owner: OwnerId,
+    /// The client's user id, when the kernel told it (`SO_PEERCRED`).
+    pub uid: Option<u32>,
+    /// The connection drives the device: it routed interrupts or mapped DMA memory, as a
+    /// VMM does. A connection that only reads and writes regions (a display viewer) is
+    /// passive.
+    pub driving: bool,
+}
+
+impl Open {
+    /// A passive open by `owner` on `conn`, user unknown.
+    pub fn new(conn: ConnectionId, owner: OwnerId) -> Self {
+        Open {
+            conn,
+            owner,
+            uid: None,
+            driving: false,
+        }
+    }
+}
+
 /// The state of one member of a set, as hooks see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberState {
@@ -41,10 +68,22 @@ pub struct MemberState {
     /// Its name (instance UUID or PCI address).
     pub name: String,
     /// Its open connections and who owns them.
-    pub opens: Vec<(ConnectionId, OwnerId)>,
+    pub opens: Vec<Open>,
+    /// The device is being removed: no new open is accepted.
+    pub leaving: bool,
 }
 
 impl MemberState {
+    /// A member with no open.
+    pub fn new(id: DeviceId, name: &str) -> Self {
+        MemberState {
+            id,
+            name: name.to_string(),
+            opens: Vec::new(),
+            leaving: false,
+        }
+    }
+
     /// True when no connection holds the device open.
     pub fn is_closed(&self) -> bool {
         self.opens.is_empty()
@@ -52,7 +91,14 @@ impl MemberState {
 
     /// True when every open of the device belongs to `owner` (vacuously true when closed).
     pub fn is_open_only_by(&self, owner: OwnerId) -> bool {
-        self.opens.iter().all(|(_, o)| *o == owner)
+        self.opens.iter().all(|o| o.owner == owner)
+    }
+
+    /// The opens of owners other than `owner` that drive the device.
+    pub fn driven_by_others(&self, owner: OwnerId) -> impl Iterator<Item = &Open> {
+        self.opens
+            .iter()
+            .filter(move |o| o.driving && o.owner != owner)
     }
 }
 
@@ -231,11 +277,7 @@ impl DeviceSets {
                 }
             }
         };
-        set.lock().members.push(MemberState {
-            id,
-            name: name.to_string(),
-            opens: Vec::new(),
-        });
+        set.lock().members.push(MemberState::new(id, name));
         info!("{name}: registered in device set {}", set.name());
         let interrupts = device.interrupts().clone();
         Arc::new(DeviceHandle {
@@ -304,11 +346,20 @@ impl DeviceHandle {
     }
 
     /// Opens the device for connection `conn` of `owner`. On the first open, `open_device`
-    /// runs under the set lock; if it fails the open fails and the count stays 0.
+    /// runs under the set lock; if it fails (or panics) the open fails and the count stays 0.
     pub fn open(&self, conn: ConnectionId, owner: OwnerId) -> Result<(), DeviceError> {
+        self.open_as(Open::new(conn, owner))
+    }
+
+    /// As [`DeviceHandle::open`], recording everything `open` says of the client.
+    pub fn open_as(&self, open: Open) -> Result<(), DeviceError> {
+        let (conn, owner) = (open.conn, open.owner);
         let mut st = self.set.lock();
         let pos = Self::position(&st, self.id)?;
-        if st.members[pos].opens.iter().any(|(c, _)| *c == conn) {
+        if st.members[pos].leaving {
+            return Err(DeviceError::Gone);
+        }
+        if st.members[pos].opens.iter().any(|o| o.conn == conn) {
             return Err(DeviceError::Busy(
                 "connection already holds the device open",
             ));
@@ -319,13 +370,13 @@ impl DeviceHandle {
                 requester: Some(owner),
                 members: &st.members,
             };
-            if let Err(e) = self.lock().open_device(&ctx) {
+            if let Err(e) = self.run_hook("open_device", |d| d.open_device(&ctx)) {
                 warn!("{}: open_device failed for {conn}: {e}", self.name);
                 return Err(e);
             }
             info!("{}: open_device (first open, {conn} of {owner})", self.name);
         }
-        st.members[pos].opens.push((conn, owner));
+        st.members[pos].opens.push(open);
         debug!(
             "{}: {conn} opened, {} open",
             self.name,
@@ -334,27 +385,88 @@ impl DeviceHandle {
         Ok(())
     }
 
+    /// Runs a lifecycle hook on the device; a panic in it becomes an error, so it costs the
+    /// one request and leaves the bookkeeping as an ordinary failure would.
+    fn run_hook<T>(
+        &self,
+        hook: &'static str,
+        f: impl FnOnce(&mut dyn Device) -> Result<T, DeviceError>,
+    ) -> Result<T, DeviceError> {
+        let mut dev = self.lock();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(dev.as_mut()))) {
+            Ok(r) => r,
+            Err(_) => {
+                error!("{}: {hook} panicked", self.name);
+                Err(DeviceError::Panicked(hook))
+            }
+        }
+    }
+
+    /// Records whether connection `conn` drives the device (see [`Open::driving`]).
+    pub fn set_driving(&self, conn: ConnectionId, driving: bool) {
+        let mut st = self.set.lock();
+        let Ok(pos) = Self::position(&st, self.id) else {
+            return;
+        };
+        if let Some(o) = st.members[pos].opens.iter_mut().find(|o| o.conn == conn) {
+            o.driving = driving;
+        }
+    }
+
+    /// Every open of the device, as a listing shows who holds it.
+    pub fn opens(&self) -> Vec<Open> {
+        let st = self.set.lock();
+        st.members
+            .iter()
+            .find(|m| m.id == self.id)
+            .map(|m| m.opens.clone())
+            .unwrap_or_default()
+    }
+
+    /// Marks the device as leaving, so no new connection can open it, unless it is open and
+    /// `force` is not set: then nothing changes and the opens are returned. Checked and
+    /// marked under the set lock, so no open slips in between.
+    pub fn retire(&self, force: bool) -> Result<(), Vec<Open>> {
+        let mut st = self.set.lock();
+        let Ok(pos) = Self::position(&st, self.id) else {
+            return Ok(());
+        };
+        let m = &mut st.members[pos];
+        if !force && !m.opens.is_empty() {
+            return Err(m.opens.clone());
+        }
+        m.leaving = true;
+        Ok(())
+    }
+
     /// Closes connection `conn`'s open: its eventfds are dropped (the device is told with
     /// `connection_closed`), and on the last close `close_device` runs under the set lock.
-    /// Closing a connection that is not open is a no-op.
+    /// Closing a connection that is not open is a no-op. A hook that panics is logged; the
+    /// open is released all the same.
     pub fn close(&self, conn: ConnectionId) {
         let mut st = self.set.lock();
         let Ok(pos) = Self::position(&st, self.id) else {
             return;
         };
-        let Some(i) = st.members[pos].opens.iter().position(|(c, _)| *c == conn) else {
+        let Some(i) = st.members[pos].opens.iter().position(|o| o.conn == conn) else {
             return;
         };
-        let (_, owner) = st.members[pos].opens.remove(i);
+        let owner = st.members[pos].opens.remove(i).owner;
         self.interrupts.release(conn);
-        self.lock().connection_closed(conn);
+        let _ = self.run_hook("connection_closed", |d| {
+            d.connection_closed(conn);
+            Ok(())
+        });
         if st.members[pos].opens.is_empty() {
             let ctx = SetContext {
                 this: self.id,
                 requester: Some(owner),
                 members: &st.members,
             };
-            self.lock().close_device(&ctx);
+            let _ = self.run_hook("close_device", |d| {
+                d.close_device(&ctx);
+                Ok(())
+            });
             info!(
                 "{}: close_device (last close, {conn} of {owner})",
                 self.name
@@ -369,14 +481,27 @@ impl DeviceHandle {
     }
 
     /// A client's DEVICE_RESET, run under the set lock so the device sees a stable set.
+    ///
+    /// A reset would disturb every other client that drives the device (a second VMM's
+    /// guest is using it), so it is refused with EBUSY while a connection of another owner
+    /// drives it; passive clients (viewers) never block it. Beyond that the device decides
+    /// (a passthrough device checks its whole set).
     pub fn reset(&self, requester: OwnerId) -> Result<(), DeviceError> {
         let st = self.set.lock();
+        let pos = Self::position(&st, self.id)?;
+        if let Some(other) = st.members[pos].driven_by_others(requester).next() {
+            warn!(
+                "{}: reset by {requester} refused: {} of {} drives the device",
+                self.name, other.conn, other.owner
+            );
+            return Err(DeviceError::Busy("another client drives the device"));
+        }
         let ctx = SetContext {
             this: self.id,
             requester: Some(requester),
             members: &st.members,
         };
-        let r = self.lock().reset(&ctx);
+        let r = self.run_hook("reset", |d| d.reset(&ctx));
         drop(st);
         if r.is_ok() {
             self.interrupts.reset();

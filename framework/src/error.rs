@@ -28,6 +28,12 @@ pub enum DeviceError {
     /// A resource budget is exhausted.
     #[error("no space: {0}")]
     NoSpace(String),
+    /// The device is being removed and accepts no new open.
+    #[error("device is being removed")]
+    Gone,
+    /// A device hook panicked; the request failed as if the hook had returned an error.
+    #[error("{0} panicked")]
+    Panicked(&'static str),
     /// An OS-level failure.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -41,6 +47,8 @@ impl DeviceError {
             DeviceError::NotSupported(_) => libc::ENOTSUP,
             DeviceError::Busy(_) => libc::EBUSY,
             DeviceError::NoSpace(_) => libc::ENOSPC,
+            DeviceError::Gone => libc::ENODEV,
+            DeviceError::Panicked(_) => libc::EIO,
             DeviceError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }

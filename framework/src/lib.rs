@@ -55,7 +55,9 @@ pub mod server;
 pub mod wire;
 
 pub use device::{Device, DeviceFlags};
-pub use device_set::{DeviceHandle, DeviceId, DeviceSetKey, DeviceSets, MemberState, SetContext};
+pub use device_set::{
+    DeviceHandle, DeviceId, DeviceSetKey, DeviceSets, MemberState, Open, SetContext,
+};
 pub use error::DeviceError;
 pub use irq::{Interrupts, IrqIndex};
 pub use owner::{ConnectionId, OwnerId};

@@ -5,9 +5,10 @@
 //! descriptors travel as `SCM_RIGHTS` ancillary data with the message's bytes.
 
 use std::fs::File;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use vm_memory::ByteValued;
@@ -372,6 +373,9 @@ pub enum WireError {
     /// More fds than we accept arrived with one message.
     #[error("at least {0} fds with one message, at most {MAX_MSG_FDS} accepted")]
     TooManyFds(usize),
+    /// A message began but did not complete in time (or the first message did not come).
+    #[error("message not complete in time")]
+    TimedOut,
     /// A message that was framed correctly but is not valid.
     #[error("invalid message: {0}")]
     Invalid(&'static str),
@@ -388,6 +392,7 @@ impl WireError {
             WireError::TooManyFds(_) | WireError::Invalid(_) => libc::EINVAL,
             WireError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             WireError::Closed | WireError::Truncated { .. } => libc::EPIPE,
+            WireError::TimedOut => libc::ETIMEDOUT,
         }
     }
 }
@@ -432,87 +437,219 @@ impl Message {
     }
 }
 
-/// Receives into `buf` with `recvmsg`, appending any fds to `fds`. Returns bytes read (0 at
-/// end of stream).
-fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<File>) -> io::Result<usize> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut cmsg = nix::cmsg_space!([RawFd; MAX_MSG_FDS as usize]);
-    let mut iov = [IoSliceMut::new(buf)];
+/// Most fds the kernel passes with one `sendmsg` (`SCM_MAX_FD`).
+const SCM_MAX_FD: usize = 253;
+
+/// Space for the control message of one `recvmsg`: room for every fd a peer can attach, so
+/// that a message with more than [`MAX_MSG_FDS`] is received whole, refused, and its fds
+/// closed. Should the control data still be cut (`MSG_CTRUNC`), the fds that fitted are
+/// installed in this process all the same and are closed too.
+const CMSG_SPACE: usize = 16 + SCM_MAX_FD * std::mem::size_of::<RawFd>() + 4;
+
+/// Aligned storage for a control message.
+#[repr(C, align(8))]
+struct CmsgBuffer([u8; CMSG_SPACE]);
+
+/// What one `recvmsg` delivered.
+struct Received {
+    /// Bytes read into the buffer (0 at end of stream).
+    bytes: usize,
+    /// The control message was cut: the peer sent more fds than [`MAX_MSG_FDS`].
+    truncated: bool,
+}
+
+/// Receives into `buf` with one `recvmsg`, appending every fd the kernel installed to `fds`,
+/// also when the control message was truncated (those fds are ours to close, and `fds` owns
+/// them now).
+fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<File>) -> io::Result<Received> {
+    let mut cmsg = CmsgBuffer([0; CMSG_SPACE]);
     loop {
-        match recvmsg::<()>(
-            sock.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(msg) => {
-                let n = msg.bytes;
-                let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-                if let Ok(cmsgs) = msg.cmsgs() {
-                    for c in cmsgs {
-                        if let ControlMessageOwned::ScmRights(raw) = c {
-                            for fd in raw {
-                                // SAFETY: the kernel just installed `fd` in our table for us;
-                                // nothing else owns it.
-                                fds.push(File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
-                            }
-                        }
-                    }
-                }
-                if truncated {
-                    // More fds than our buffer: the kernel closed the rest. Refuse the message.
-                    return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
-                }
-                return Ok(n);
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: an all-zero msghdr is a valid empty header.
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = cmsg.0.as_mut_ptr().cast();
+        hdr.msg_controllen = CMSG_SPACE as _;
+        // SAFETY: `hdr` points at one iovec covering `buf` and at `cmsg`, both live and
+        // writable for the whole call; the lengths given are theirs.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut hdr, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
             }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
+            return Err(e);
+        }
+        take_fds(&hdr, fds);
+        return Ok(Received {
+            bytes: n as usize,
+            truncated: hdr.msg_flags & libc::MSG_CTRUNC != 0,
+        });
+    }
+}
+
+/// Takes ownership of every fd passed with `SCM_RIGHTS` in the control data `hdr` describes.
+fn take_fds(hdr: &libc::msghdr, fds: &mut Vec<File>) {
+    // SAFETY: `hdr` was filled in by a successful recvmsg; its control pointer and length
+    // describe the initialised part of our control buffer, which the CMSG_* macros walk
+    // without leaving it.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(hdr) };
+    while !c.is_null() {
+        // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR return either null or a header lying wholly
+        // inside the control buffer.
+        let (level, kind, len) = unsafe { ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len) };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            // SAFETY: computing the data offset of a header inside the buffer.
+            let data = unsafe { libc::CMSG_DATA(c) };
+            let head = data as usize - c as usize;
+            #[allow(clippy::unnecessary_cast)] // cmsg_len is not usize on every libc
+            let count = (len as usize).saturating_sub(head) / std::mem::size_of::<RawFd>();
+            for i in 0..count {
+                // SAFETY: the kernel wrote `count` fds after the header (cmsg_len covers
+                // them); the read is unaligned-safe.
+                let fd = unsafe { std::ptr::read_unaligned(data.cast::<RawFd>().add(i)) };
+                if fd >= 0 {
+                    // SAFETY: the kernel just installed `fd` in our table for us; nothing
+                    // else owns it.
+                    fds.push(File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
+            }
+        }
+        // SAFETY: `c` is a header inside the buffer `hdr` describes.
+        c = unsafe { libc::CMSG_NXTHDR(hdr, c) };
+    }
+}
+
+/// How long a message may take to arrive.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    /// The first byte must arrive by then (`None`: a connection may idle between
+    /// messages for as long as it likes).
+    pub first_byte: Option<Instant>,
+    /// Once a message has started, the rest must follow within this time.
+    pub rest: Duration,
+}
+
+impl Deadlines {
+    /// Idle as long as the peer likes, then `rest` for the message once it has begun.
+    pub fn idle_then(rest: Duration) -> Self {
+        Deadlines {
+            first_byte: None,
+            rest,
         }
     }
 }
 
+/// Waits until `sock` is readable or `deadline` passes.
+fn wait_readable(sock: &UnixStream, deadline: Instant) -> Result<(), WireError> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(WireError::TimedOut);
+        }
+        let mut pfd = libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd that outlives the call.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r > 0 {
+            return Ok(());
+        }
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(WireError::Io(e));
+            }
+        }
+    }
+}
+
+/// Where a message being received stands: whether any byte of it has come, and by when the
+/// rest must come (`None`: no bound).
+#[derive(Default)]
+struct Progress {
+    started: bool,
+    rest_by: Option<Instant>,
+}
+
+/// Fills `buf` from the stream. Before the message's first byte the wait is bounded by
+/// `deadlines.first_byte`; once any byte has come, the rest must come within
+/// `deadlines.rest`.
 fn recv_exact(
     sock: &UnixStream,
     buf: &mut [u8],
     fds: &mut Vec<File>,
-    at_boundary: bool,
+    deadlines: &Deadlines,
+    progress: &mut Progress,
     total: usize,
 ) -> Result<(), WireError> {
     let mut got = 0;
     while got < buf.len() {
-        let n = match recv_with_fds(sock, &mut buf[got..], fds) {
-            Ok(n) => n,
-            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                return Err(WireError::TooManyFds(
-                    fds.len().max(MAX_MSG_FDS as usize + 1),
-                ))
-            }
-            Err(e) => return Err(WireError::Io(e)),
+        let bound = if progress.started {
+            progress.rest_by
+        } else {
+            deadlines.first_byte
         };
-        if n == 0 {
-            return Err(if at_boundary && got == 0 {
-                WireError::Closed
-            } else {
+        if let Some(by) = bound {
+            wait_readable(sock, by)?;
+        }
+        let r = recv_with_fds(sock, &mut buf[got..], fds).map_err(WireError::Io)?;
+        if r.truncated {
+            // More fds than we accept: the kernel cut the rest; the ones it installed are
+            // in `fds` and close when the caller drops them.
+            return Err(WireError::TooManyFds(fds.len() + 1));
+        }
+        if r.bytes == 0 {
+            return Err(if progress.started {
                 WireError::Truncated { got, want: total }
+            } else {
+                WireError::Closed
             });
         }
-        got += n;
+        if !progress.started {
+            progress.started = true;
+            progress.rest_by = Instant::now().checked_add(deadlines.rest);
+        }
+        got += r.bytes;
     }
     Ok(())
 }
 
 /// Reads one whole message. A header whose size is out of bounds is [`WireError::BadSize`]:
-/// the stream cannot be resynchronised and the caller should reply and close.
-pub fn read_message(sock: &UnixStream) -> Result<Message, WireError> {
+/// the stream cannot be resynchronised and the caller should reply and close. A message that
+/// does not arrive within `deadlines` is [`WireError::TimedOut`].
+pub fn read_message_within(sock: &UnixStream, deadlines: &Deadlines) -> Result<Message, WireError> {
     let mut header = Header::default();
     let mut fds = Vec::new();
-    recv_exact(sock, header.as_mut_slice(), &mut fds, true, HEADER_SIZE)?;
+    let mut progress = Progress::default();
+    recv_exact(
+        sock,
+        header.as_mut_slice(),
+        &mut fds,
+        deadlines,
+        &mut progress,
+        HEADER_SIZE,
+    )?;
     let size = header.message_size;
     if (size as usize) < HEADER_SIZE || size > MAX_MESSAGE_SIZE {
         return Err(WireError::BadSize(size));
     }
     let mut payload = vec![0u8; size as usize - HEADER_SIZE];
-    recv_exact(sock, &mut payload, &mut fds, false, size as usize)?;
+    recv_exact(
+        sock,
+        &mut payload,
+        &mut fds,
+        deadlines,
+        &mut progress,
+        size as usize,
+    )?;
     if fds.len() > MAX_MSG_FDS as usize {
         return Err(WireError::TooManyFds(fds.len()));
     }
@@ -521,6 +658,12 @@ pub fn read_message(sock: &UnixStream) -> Result<Message, WireError> {
         payload,
         fds,
     })
+}
+
+/// Reads one whole message, waiting as long as it takes (a client's own tool; the server
+/// bounds partial messages with [`read_message_within`]).
+pub fn read_message(sock: &UnixStream) -> Result<Message, WireError> {
+    read_message_within(sock, &Deadlines::idle_then(Duration::MAX))
 }
 
 /// Iovecs kept on the stack when sending: a header and up to three body parts, which covers
@@ -672,6 +815,77 @@ mod tests {
         a.write_all(&[0; 10]).unwrap();
         drop(a);
         assert!(matches!(read_message(&b), Err(WireError::Truncated { .. })));
+    }
+
+    /// Open fds of this process that refer to a memfd named `name` (other tests' fds do not
+    /// disturb the count).
+    fn open_fds_named(name: &str) -> usize {
+        let want = format!("/memfd:{name} (deleted)");
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| l.to_string_lossy() == want)
+            .count()
+    }
+
+    #[test]
+    fn fds_past_the_limit_are_refused_and_none_stays_open() {
+        let (a, b) = pair();
+        let file = File::from(
+            nix::sys::memfd::memfd_create(c"fd-limit", nix::sys::memfd::MemFdCreateFlag::empty())
+                .unwrap(),
+        );
+        let many = vec![file.as_raw_fd(); MAX_MSG_FDS as usize + 4];
+        let h = Header {
+            message_id: 1,
+            command: Command::DmaMap as u16,
+            message_size: 16 + 4,
+            ..Default::default()
+        };
+        // Sent before counting: the fds the kernel will install on receive are not there yet.
+        send(&a, &[h.as_slice(), b"abcd"], &many).unwrap();
+        assert_eq!(open_fds_named("fd-limit"), 1);
+        for _ in 0..3 {
+            let e = read_message(&b).unwrap_err();
+            assert!(
+                matches!(e, WireError::TooManyFds(n) if n > MAX_MSG_FDS as usize),
+                "{e}"
+            );
+            assert_eq!(
+                open_fds_named("fd-limit"),
+                1,
+                "the fds that did arrive were closed"
+            );
+            send(&a, &[h.as_slice(), b"abcd"], &many).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_partial_message_times_out_but_an_idle_connection_does_not() {
+        let (mut a, b) = pair();
+        let limits = Deadlines::idle_then(Duration::from_millis(50));
+        b.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        // Idle: nothing sent, the read waits (here cut by the socket timeout) — no TimedOut.
+        let e = read_message_within(&b, &limits).unwrap_err();
+        assert!(matches!(e, WireError::Io(_)), "{e}");
+        b.set_read_timeout(None).unwrap();
+        a.write_all(&[1, 2, 3]).unwrap();
+        let t = Instant::now();
+        let e = read_message_within(&b, &limits).unwrap_err();
+        assert!(matches!(e, WireError::TimedOut), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert_eq!(e.errno(), libc::ETIMEDOUT);
+        // A first message that must come by a deadline (the VERSION handshake).
+        let (_a, b) = pair();
+        let first = Deadlines {
+            first_byte: Some(Instant::now() + Duration::from_millis(30)),
+            rest: Duration::from_millis(30),
+        };
+        assert!(matches!(
+            read_message_within(&b, &first),
+            Err(WireError::TimedOut)
+        ));
     }
 
     #[test]

@@ -135,11 +135,12 @@ impl IrqForwarder {
         Ok(())
     }
 
-    /// A connection closed and [`Interrupts::release`] dropped exactly the eventfds it had
-    /// handed over: withdraws those vectors, and only those, from the host. A vector the
-    /// host was given an eventfd for that `irqs` no longer holds gets "no eventfd" (-1) on
-    /// its own; an index left with no eventfd at all is disabled. Vectors routed to other
-    /// connections' eventfds are not touched.
+    /// A connection closed and [`Interrupts::release`] dropped exactly the routes it had
+    /// made: every vector the host was given that connection's eventfd for is handed to the
+    /// eventfd `irqs` now holds for it (another connection's earlier route), or gets "no
+    /// eventfd" (-1); an index left with no eventfd at all is disabled. Vectors whose
+    /// eventfd did not change are not touched. (The closed connection's eventfds were open
+    /// alongside the ones still held, so their fd numbers differ.)
     pub fn withdraw_released(
         &mut self,
         device: &impl HostDevice,
@@ -153,26 +154,32 @@ impl IrqForwarder {
                 continue;
             }
             let now = irqs.trigger_fds(index);
-            let held = |v: usize| now.get(v).copied().flatten().is_some();
-            if !(0..now.len()).any(held) {
+            let held = |v: usize| now.get(v).copied().flatten();
+            if !(0..now.len()).any(|v| held(v).is_some()) {
                 self.disable(device, index)?;
                 continue;
             }
-            let gone: Vec<usize> = (0..self.programmed[pos].len())
-                .filter(|&v| self.programmed[pos][v] != NO_EVENTFD && !held(v))
+            let changed: Vec<(usize, RawFd)> = (0..self.programmed[pos].len())
+                .map(|v| (v, held(v).unwrap_or(NO_EVENTFD)))
+                .filter(|&(v, fd)| self.programmed[pos][v] != fd)
                 .collect();
-            for v in gone {
+            for (v, fd) in changed {
                 device.set_irqs(&HostIrqSet {
                     index: index as u32,
                     start: v as u32,
                     count: 1,
                     action: IrqAction::Trigger,
-                    eventfds: Some(vec![NO_EVENTFD]),
+                    eventfds: Some(vec![fd]),
                 })?;
-                self.programmed[pos][v] = NO_EVENTFD;
+                self.programmed[pos][v] = fd;
                 debug!(
-                    "{}: irq index {index:?} vector {v} withdrawn (its connection closed)",
-                    device.address()
+                    "{}: irq index {index:?} vector {v} {} (its connection closed)",
+                    device.address(),
+                    if fd == NO_EVENTFD {
+                        "withdrawn"
+                    } else {
+                        "handed back to an earlier connection's eventfd"
+                    }
                 );
             }
         }

@@ -155,7 +155,7 @@ impl ResetState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mdev::{ConnectionId, DeviceId, MemberState};
+    use mdev::{ConnectionId, DeviceId, MemberState, Open};
 
     const A: OwnerId = OwnerId(100);
     const B: OwnerId = OwnerId(200);
@@ -179,13 +179,12 @@ mod tests {
 
     fn member(dev: u8, opens: &[OwnerId]) -> MemberState {
         MemberState {
-            id: DeviceId(u64::from(dev)),
-            name: addr(dev).to_string(),
             opens: opens
                 .iter()
                 .enumerate()
-                .map(|(i, o)| (ConnectionId(i as u64), *o))
+                .map(|(i, o)| Open::new(ConnectionId(i as u64), *o))
                 .collect(),
+            ..MemberState::new(DeviceId(u64::from(dev)), &addr(dev).to_string())
         }
     }
 

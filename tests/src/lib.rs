@@ -30,3 +30,29 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
+
+/// Waits (up to 10 s, then fails) for an eventfd to be signalled and consumes it. Interrupts
+/// reach a client's eventfd from the server's delivery thread, so a client waits on the
+/// eventfd as QEMU does, never reads it once.
+pub fn wait_event(e: &vmm_sys_util::eventfd::EventFd) -> u64 {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: e.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call; the eventfd outlives it.
+    let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    assert_eq!(n, 1, "interrupt not delivered within 10 s");
+    e.read().expect("eventfd read")
+}
+
+/// Asserts that `e` holds no interrupt once every interrupt `irqs` raised so far has been
+/// delivered (`why` says what should have kept it quiet).
+pub fn assert_no_event(irqs: &mdev::Interrupts, e: &vmm_sys_util::eventfd::EventFd, why: &str) {
+    assert!(
+        irqs.wait_delivered(std::time::Duration::from_secs(10)),
+        "interrupt delivery stuck"
+    );
+    assert!(e.read().is_err(), "unexpected interrupt: {why}");
+}

@@ -9,8 +9,8 @@ use mdev::device_set::DeviceSets;
 use mdev::IrqIndex;
 use mdev_tests::probe_device::{serve_probe, ServedProbe, REG_IRQ_LINE};
 use mdev_tests::{
-    init_logging, wait_until, HookEvent, HookLog, ProbeDevice, ProbeOptions, RawClient, Rendezvous,
-    ScratchDir,
+    init_logging, wait_event, wait_until, HookEvent, HookLog, ProbeDevice, ProbeOptions, RawClient,
+    Rendezvous, ScratchDir,
 };
 use vfio_user::Client;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -122,7 +122,7 @@ fn a_connection_closing_drops_only_its_own_eventfds() {
     );
     a.region_write(0, REG_IRQ_LINE, &1u32.to_le_bytes())
         .unwrap();
-    assert_eq!(efd.read().unwrap(), 1, "A still receives its interrupt");
+    assert_eq!(wait_event(&efd), 1, "A still receives its interrupt");
     drop(a);
     wait_until("closed", || s.handle().open_count() == 0);
     assert_eq!(

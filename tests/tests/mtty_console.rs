@@ -8,9 +8,9 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
-use mdev_tests::wait_until;
+use mdev_tests::{wait_event, wait_until};
 use mtty::uart::{Ier, Lsr, Msr, LSR, MCR, MSR, RBR_THR};
-use mtty_guest::{drain, harness, init_port, read_exactly, reg, set_reg, wait_event};
+use mtty_guest::{drain, harness, init_port, read_exactly, reg, set_reg};
 use vfio_user::Client;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 

@@ -59,7 +59,7 @@ pub enum ParentCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List instances (uuid, type, socket, open connections, device set).
+    /// List instances (uuid, type, socket, open connections, device set, who holds each).
     List {
         /// Where the parent's sockets are.
         #[command(flatten)]
@@ -186,6 +186,14 @@ fn print_instances(list: &[InstanceInfo]) {
         );
         if !i.description.is_empty() {
             println!("    {}", i.description);
+        }
+        for h in &i.holders {
+            let uid = h.uid.map_or_else(|| "?".to_string(), |u| u.to_string());
+            let role = if h.driving { "driving" } else { "passive" };
+            println!(
+                "    held by conn#{}: pid {} uid {uid} ({role})",
+                h.connection, h.pid
+            );
         }
     }
 }

@@ -13,7 +13,7 @@ use log::info;
 use uuid::Uuid;
 
 use super::driver::{CreateParams, MdevDriver, MdevType};
-use crate::device_set::{DeviceHandle, DeviceSets};
+use crate::device_set::{DeviceHandle, DeviceSets, Open};
 use crate::error::DeviceError;
 use crate::server::{DeviceServer, ServerError};
 
@@ -36,8 +36,13 @@ pub enum ParentError {
     #[error("no instance {0}")]
     NotFound(Uuid),
     /// The instance is open and removal was not forced.
-    #[error("instance {0} has {1} open connection(s); use force to remove it anyway")]
-    Busy(Uuid, usize),
+    #[error("instance {uuid} is held by {}; use force to remove it anyway", holders_text(.holders))]
+    Busy {
+        /// The instance.
+        uuid: Uuid,
+        /// Who holds it.
+        holders: Vec<Open>,
+    },
     /// Serving the instance failed.
     #[error(transparent)]
     Serve(#[from] ServerError),
@@ -53,11 +58,24 @@ impl ParentError {
             ParentError::Create { source, .. } => source.errno(),
             ParentError::Exists(_) => libc::EEXIST,
             ParentError::NotFound(_) => libc::ENOENT,
-            ParentError::Busy(..) => libc::EBUSY,
+            ParentError::Busy { .. } => libc::EBUSY,
             ParentError::Serve(e) => e.errno(),
             ParentError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }
+}
+
+/// "conn#3 (pid 42, uid 0, driving), …" for an error message.
+fn holders_text(opens: &[Open]) -> String {
+    let all: Vec<String> = opens
+        .iter()
+        .map(|o| {
+            let uid = o.uid.map_or(String::new(), |u| format!(", uid {u}"));
+            let role = if o.driving { ", driving" } else { "" };
+            format!("{} ({}{uid}{role})", o.conn, o.owner)
+        })
+        .collect();
+    all.join(", ")
 }
 
 /// What a listing shows of an instance.
@@ -72,6 +90,10 @@ pub struct InstanceInfo {
     pub socket: PathBuf,
     /// Connections currently open.
     pub open_connections: usize,
+    /// Who holds it open: each connection, its client's pid and uid, whether it drives the
+    /// device.
+    #[serde(default)]
+    pub holders: Vec<Holder>,
     /// Its device set.
     pub device_set: String,
     /// Its create-time parameters.
@@ -87,8 +109,34 @@ struct Instance {
     server: DeviceServer,
 }
 
+/// One client holding an instance open, as a listing shows it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Holder {
+    /// The connection number.
+    pub connection: u64,
+    /// The client's process id (0 when unknown).
+    pub pid: u32,
+    /// The client's user id, when known.
+    pub uid: Option<u32>,
+    /// It routed interrupts or mapped DMA memory (a VMM), rather than only reading and
+    /// writing regions (a viewer).
+    pub driving: bool,
+}
+
+impl From<&Open> for Holder {
+    fn from(o: &Open) -> Self {
+        Holder {
+            connection: o.conn.0,
+            pid: o.owner.0,
+            uid: o.uid,
+            driving: o.driving,
+        }
+    }
+}
+
 impl Instance {
     fn info(&self, uuid: Uuid) -> InstanceInfo {
+        let opens = self.server.handle().opens();
         InstanceInfo {
             uuid,
             type_name: self.type_name.clone(),
@@ -97,7 +145,8 @@ impl Instance {
                 .path()
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
-            open_connections: self.server.handle().open_count(),
+            open_connections: opens.len(),
+            holders: opens.iter().map(Holder::from).collect(),
             device_set: self.server.handle().set().name(),
             params: self.params.clone(),
             description: self.server.handle().lock().describe(),
@@ -204,14 +253,16 @@ impl Parent {
     }
 
     /// Removes an instance: stops serving (closing its connections when `force`), unregisters
-    /// it and drops the device. Refused with EBUSY when it is open and not forced.
+    /// it and drops the device. Refused with EBUSY, naming who holds it, when it is open and
+    /// not forced. The check and the refusal of new opens are one step under the device
+    /// set's lock: a client connecting during a remove is refused, never accepted and then
+    /// closed.
     pub fn remove(&self, uuid: Uuid, force: bool) -> Result<(), ParentError> {
         let inst = {
             let mut instances = self.lock();
             let inst = instances.get(&uuid).ok_or(ParentError::NotFound(uuid))?;
-            let open = inst.server.handle().open_count();
-            if open > 0 && !force {
-                return Err(ParentError::Busy(uuid, open));
+            if let Err(holders) = inst.server.handle().retire(force) {
+                return Err(ParentError::Busy { uuid, holders });
             }
             instances.remove(&uuid).ok_or(ParentError::NotFound(uuid))?
         };

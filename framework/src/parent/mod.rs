@@ -14,4 +14,4 @@ pub use control::{control_request, ControlServer, Request};
 pub use driver::{
     refuse_params, CreateParams, MdevDriver, MdevType, NewDevice, DEVICE_API_VFIO_PCI,
 };
-pub use instances::{InstanceInfo, Parent, ParentError};
+pub use instances::{Holder, InstanceInfo, Parent, ParentError};

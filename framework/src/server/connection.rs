@@ -6,12 +6,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use vm_memory::ByteValued;
 
 use super::listener::Shared;
-use crate::device_set::DeviceHandle;
+use crate::device_set::{DeviceHandle, Open};
 use crate::dma::{DmaMapping, DmaMappings, DmaProt};
 use crate::error::DeviceError;
 use crate::irq::{IrqAction, IrqData, IrqIndex, IrqRequest, SetIrqsFlags};
@@ -72,22 +73,49 @@ struct Connection {
     /// (size, flags) of every region, read once at open: regions do not change while a
     /// device is registered.
     regions: Vec<(u64, RegionFlags)>,
+    /// Last value told to the device set: this connection routed interrupts or mapped DMA.
+    driving: bool,
 }
 
-fn peer_owner(sock: &UnixStream) -> OwnerId {
+/// Who is at the other end, as the kernel reports it (`SO_PEERCRED`).
+fn peer(sock: &UnixStream, id: ConnectionId) -> Open {
     match nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials) {
-        Ok(c) => OwnerId(c.pid() as u32),
-        Err(_) => OwnerId(0),
+        Ok(c) => Open {
+            uid: Some(c.uid()),
+            ..Open::new(id, OwnerId(c.pid() as u32))
+        },
+        Err(_) => Open::new(id, OwnerId(0)),
+    }
+}
+
+/// Releases the connection's slot in the listener however the thread ends, a panic in a
+/// device hook included.
+struct Slot<'a> {
+    shared: &'a Shared,
+    id: ConnectionId,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.shared.forget(self.id);
     }
 }
 
 pub(crate) fn serve_connection(sock: UnixStream, id: ConnectionId, shared: Arc<Shared>) {
+    let _slot = Slot {
+        shared: &shared,
+        id,
+    };
     shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-    let owner = peer_owner(&sock);
+    let peer = peer(&sock, id);
+    let owner = peer.owner;
     let handle = shared.handle.clone();
     let name = handle.name().to_string();
-    info!("{name}: {id} connected ({owner})");
-    match negotiate(&sock, &handle, id, owner) {
+    match peer.uid {
+        Some(uid) => info!("{name}: {id} connected ({owner}, uid {uid})"),
+        None => info!("{name}: {id} connected (peer unknown)"),
+    }
+    match negotiate(&sock, &handle, peer, shared.message_timeout()) {
         Ok(()) => {
             let regions = {
                 let dev = handle.lock();
@@ -105,6 +133,7 @@ pub(crate) fn serve_connection(sock: UnixStream, id: ConnectionId, shared: Arc<S
                 handle: handle.clone(),
                 dma: DmaMappings::new(wire::MAX_DMA_MAPS as usize),
                 regions,
+                driving: false,
             };
             // A bug in a device (or here) must cost one connection, not wedge the client or
             // leak its open: catch the panic, then release and close as for any other end.
@@ -118,19 +147,24 @@ pub(crate) fn serve_connection(sock: UnixStream, id: ConnectionId, shared: Arc<S
         }
         Err(e) => warn!("{name}: {id} not opened: {e}"),
     }
-    shared.forget(id);
     info!("{name}: {id} disconnected");
 }
 
 /// The first message must be VERSION. The device is opened before the reply, so a failing
 /// `open_device` reaches the client as an error reply to VERSION.
+/// The whole handshake must arrive within `timeout` of the connect.
 fn negotiate(
     sock: &UnixStream,
     handle: &DeviceHandle,
-    id: ConnectionId,
-    owner: OwnerId,
+    peer: Open,
+    timeout: Duration,
 ) -> Result<(), String> {
-    let msg = wire::read_message(sock).map_err(|e| {
+    let id = peer.conn;
+    let deadlines = wire::Deadlines {
+        first_byte: Instant::now().checked_add(timeout),
+        rest: timeout,
+    };
+    let msg = wire::read_message_within(sock, &deadlines).map_err(|e| {
         if let WireError::BadSize(_) = e {
             let _ = wire::send_error(sock, &wire::Header::default(), e.errno());
         }
@@ -155,7 +189,7 @@ fn negotiate(
         Err(e) => return fail(libc::EINVAL, &e.to_string()),
     };
     debug!("{}: {id} client capabilities {caps:?}", handle.name());
-    if let Err(e) = handle.open(id, owner) {
+    if let Err(e) = handle.open_as(peer) {
         return fail(e.errno(), &format!("open failed: {e}"));
     }
     let reply = wire::VersionMsg {
@@ -172,8 +206,9 @@ fn negotiate(
 
 impl Connection {
     fn run(&mut self, shared: &Shared) {
+        let deadlines = wire::Deadlines::idle_then(shared.message_timeout());
         loop {
-            let msg = match wire::read_message(&self.sock) {
+            let msg = match wire::read_message_within(&self.sock, &deadlines) {
                 Ok(m) => m,
                 Err(WireError::Closed) => return,
                 Err(e @ (WireError::BadSize(_) | WireError::TooManyFds(_))) => {
@@ -205,7 +240,14 @@ impl Connection {
                 );
                 continue;
             }
-            if let Err(f) = self.dispatch(&msg) {
+            let result = self.dispatch(&msg);
+            if matches!(
+                msg.command(),
+                Some(Command::DmaMap | Command::DmaUnmap | Command::DeviceSetIrqs)
+            ) {
+                self.update_driving();
+            }
+            if let Err(f) = result {
                 shared.stats.errors.fetch_add(1, Ordering::Relaxed);
                 warn!(
                     "{}: {}: command {} (id {}) failed: {} (errno {})",
@@ -546,6 +588,16 @@ impl Connection {
             argsz: std::mem::size_of::<wire::DmaUnmapMsg>() as u32,
             ..req
         })
+    }
+
+    /// Tells the device set when this connection starts or stops driving the device (it
+    /// holds DMA mappings or interrupt routes).
+    fn update_driving(&mut self) {
+        let now = !self.dma.is_empty() || self.handle.interrupts().routed_by(self.id);
+        if now != self.driving {
+            self.driving = now;
+            self.handle.set_driving(self.id, now);
+        }
     }
 
     /// Gives back what this connection holds: its DMA mappings (the device is told of each).

@@ -8,9 +8,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use log::{error, info, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -68,9 +69,15 @@ pub(crate) struct Shared {
     pub(crate) stats: ConnectionStats,
     /// Connections served at once; more are refused (each costs a thread).
     max_connections: AtomicUsize,
+    /// Milliseconds a started message (and the whole VERSION handshake) may take.
+    message_timeout_ms: AtomicU64,
 }
 
 impl Shared {
+    pub(crate) fn message_timeout(&self) -> Duration {
+        Duration::from_millis(self.message_timeout_ms.load(Ordering::Relaxed))
+    }
+
     pub(crate) fn forget(&self, id: ConnectionId) {
         self.live
             .lock()
@@ -82,6 +89,11 @@ impl Shared {
 /// Connections one device serves at once by default. Each is a thread; QEMU needs one, a
 /// viewer or a test a few more.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to finish a message it has begun, and to complete the VERSION
+/// handshake after connecting. Between messages a connection may stay idle for ever. QEMU's
+/// own reply timeout is 5 s by default.
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A device served on a socket. Dropping it (or [`DeviceServer::shutdown`]) stops accepting,
 /// closes every connection (each one's close runs as for a client that went away) and
@@ -139,6 +151,7 @@ impl DeviceServer {
             handle,
             live: Mutex::new(HashMap::new()),
             max_connections: AtomicUsize::new(DEFAULT_MAX_CONNECTIONS),
+            message_timeout_ms: AtomicU64::new(DEFAULT_MESSAGE_TIMEOUT.as_millis() as u64),
             stats: ConnectionStats::default(),
         });
         let shared2 = shared.clone();
@@ -160,6 +173,14 @@ impl DeviceServer {
     /// connecting beyond that is closed at once. Connections already open are not affected.
     pub fn set_max_connections(&self, n: usize) {
         self.shared.max_connections.store(n, Ordering::Relaxed);
+    }
+
+    /// Bounds how long a begun message, and the VERSION handshake, may take (default
+    /// [`DEFAULT_MESSAGE_TIMEOUT`]); a client that stalls past it is disconnected, freeing
+    /// its slot. Applies to connections accepted from now on.
+    pub fn set_message_timeout(&self, limit: Duration) {
+        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.shared.message_timeout_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The socket path (when the socket has one).

@@ -5,4 +5,4 @@ mod connection;
 mod listener;
 
 pub use connection::ConnectionStats;
-pub use listener::{DeviceServer, ServerError, DEFAULT_MAX_CONNECTIONS};
+pub use listener::{DeviceServer, ServerError, DEFAULT_MAX_CONNECTIONS, DEFAULT_MESSAGE_TIMEOUT};

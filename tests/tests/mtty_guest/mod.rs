@@ -3,13 +3,11 @@
 
 #![allow(dead_code)]
 
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use mtty::uart::{Fcr, Ier, Lsr, Mcr, IER, IIR_FCR, LCR, LSR, MCR, RBR_THR};
 use mtty::MttyDriver;
 use vfio_user::Client;
-use vmm_sys_util::eventfd::EventFd;
 
 /// A parent with an mtty driver.
 /// A parent serving the mtty driver.
@@ -58,19 +56,6 @@ pub fn drain(c: &mut Client, bar: u32) -> Vec<u8> {
         out.push(reg(c, bar, RBR_THR));
     }
     out
-}
-
-/// Waits (up to 10 s, then fails) for an eventfd to be signalled and consumes it.
-pub fn wait_event(e: &EventFd) -> u64 {
-    let mut pfd = libc::pollfd {
-        fd: e.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call; the eventfd outlives it.
-    let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
-    assert_eq!(n, 1, "interrupt not delivered within 10 s");
-    e.read().expect("eventfd read")
 }
 
 /// Reads from a stream until `want` bytes arrived (10 s read timeout per read).

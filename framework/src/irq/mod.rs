@@ -1,17 +1,28 @@
 //! Interrupts of one device: INTx with VFIO's level/automask semantics, MSI and MSI-X
 //! vectors, each delivered by writing the eventfd a client handed over with `SET_IRQS`.
 //!
-//! The routing (which index is in use, masks, the INTx level) is device state shared by all
-//! connections; each eventfd belongs to the connection that sent it and is dropped when that
-//! connection closes ([`Interrupts::release`]). An interrupt with no eventfd is dropped.
+//! The INTx line level is device state. Routing is per connection: a vector fires to every
+//! connection that routed it, through its own eventfd, with its own INTx automask; one
+//! connection's disable, mask or close changes only its own routes ([`Interrupts::release`]),
+//! so a second client can never take a first one's interrupts away. An interrupt nobody
+//! routed is dropped.
+//!
+//! Only eventfds are accepted, and the thread raising an interrupt never writes one: each
+//! connection's eventfds are written by a delivery thread of its own ([`signaller`]), so a
+//! client that makes its eventfd block stalls nobody but itself.
 
+mod signaller;
+
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Mutex;
+use std::os::fd::RawFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bitflags::bitflags;
-use log::{debug, warn};
+use log::debug;
+
+use signaller::{Eventfd, Signaller};
 
 use crate::error::DeviceError;
 use crate::owner::ConnectionId;
@@ -165,34 +176,22 @@ impl IrqRequest {
     }
 }
 
+/// One connection's route of one vector: its eventfd and, for INTx, its own automask.
+struct Route {
+    owner: ConnectionId,
+    fd: Arc<Eventfd>,
+    masked: bool,
+}
+
 #[derive(Default)]
 struct Vector {
-    trigger: Option<(ConnectionId, File)>,
-    masked: bool,
-    /// The last write to `trigger` failed (e.g. a client left its eventfd counter full):
-    /// warned once, quiet until a write succeeds again.
-    failing: bool,
+    /// Every connection that routed this vector, in the order they did.
+    routes: Vec<Route>,
 }
 
 impl Vector {
-    /// Writes the trigger eventfd, if any; returns whether one was set.
-    fn fire(&mut self) -> bool {
-        let Some((owner, fd)) = &self.trigger else {
-            return false;
-        };
-        match signal(fd) {
-            Ok(()) if self.failing => {
-                log::info!("interrupt eventfd of {owner} writable again");
-                self.failing = false;
-            }
-            Ok(()) => {}
-            Err(e) if !self.failing => {
-                warn!("interrupt eventfd of {owner} not writable ({e}); dropping interrupts until it is");
-                self.failing = true;
-            }
-            Err(_) => {}
-        }
-        true
+    fn route_mut(&mut self, owner: ConnectionId) -> Option<&mut Route> {
+        self.routes.iter_mut().find(|r| r.owner == owner)
     }
 }
 
@@ -202,16 +201,107 @@ struct IndexState {
     delivered: u64,
 }
 
+impl IndexState {
+    fn routed_by(&self, owner: ConnectionId) -> bool {
+        self.vectors
+            .iter()
+            .any(|v| v.routes.iter().any(|r| r.owner == owner))
+    }
+}
+
 struct IrqState {
     indexes: Vec<IndexState>,
     /// INTx line level as the device drives it.
     intx_level: bool,
     /// The line level last seen by [`Interrupts::update_line`], for MSI edge detection.
     line: bool,
+    /// The delivery thread of every connection that routed a vector.
+    signallers: HashMap<ConnectionId, Signaller>,
+}
+
+/// Which routes of a vector a delivery reaches.
+#[derive(Clone, Copy)]
+enum Whom {
+    /// Every connection that routed it (the device raised it).
+    Everyone,
+    /// Only this connection (it triggered the vector itself).
+    Only(ConnectionId),
+}
+
+impl Whom {
+    fn includes(self, owner: ConnectionId) -> bool {
+        match self {
+            Whom::Everyone => true,
+            Whom::Only(o) => o == owner,
+        }
+    }
+}
+
+impl IrqState {
+    /// Fires `index`/`vector` to the unmasked routes `whom` selects; INTx routes mask
+    /// themselves (automask). Counts one delivery when any route fired.
+    fn fire(&mut self, index: IrqIndex, vector: u32, whom: Whom) {
+        let automask = index == IrqIndex::Intx;
+        let IrqState {
+            indexes,
+            signallers,
+            ..
+        } = self;
+        let Some(idx) = indexes.get_mut(index as usize) else {
+            return;
+        };
+        let Some(v) = idx.vectors.get_mut(vector as usize) else {
+            return;
+        };
+        let mut fired = false;
+        for r in v.routes.iter_mut() {
+            if r.masked || !whom.includes(r.owner) {
+                continue;
+            }
+            if let Some(s) = signallers.get(&r.owner) {
+                s.fire(&r.fd);
+                fired = true;
+                r.masked = automask;
+            }
+        }
+        if fired {
+            idx.delivered += 1;
+        }
+    }
+
+    /// The index connection `owner` has routed, if any (VFIO allows one at a time).
+    fn active_for(&self, owner: ConnectionId) -> Option<IrqIndex> {
+        self.indexes
+            .iter()
+            .position(|i| i.routed_by(owner))
+            .and_then(|p| IrqIndex::from_u32(p as u32))
+    }
+
+    /// Removes every route of `owner` on the indexes `which` selects; returns its delivery
+    /// thread when it has no route left, for the caller to stop outside the lock.
+    fn unroute(&mut self, owner: ConnectionId, which: Option<IrqIndex>) -> Option<Signaller> {
+        for (pos, idx) in self.indexes.iter_mut().enumerate() {
+            if which.is_some_and(|w| w as usize != pos) {
+                continue;
+            }
+            for v in &mut idx.vectors {
+                v.routes.retain(|r| r.owner != owner);
+            }
+        }
+        if self.active_for(owner).is_none() {
+            self.signallers.remove(&owner)
+        } else {
+            None
+        }
+    }
 }
 
 /// The interrupts of one device. Shared (behind `Arc`) between the device, which raises
 /// interrupts from any thread, and the server, which applies `SET_IRQS`.
+///
+/// Routing is per connection: a vector fires to every connection that routed it, each
+/// through its own eventfd and delivery thread; one connection's disable, mask or close
+/// touches only its own routes.
 pub struct Interrupts {
     state: Mutex<IrqState>,
 }
@@ -255,6 +345,7 @@ impl Interrupts {
                 indexes,
                 intx_level: false,
                 line: false,
+                signallers: HashMap::new(),
             }),
         }
     }
@@ -275,17 +366,18 @@ impl Interrupts {
         self.lock().indexes.get(index as usize).map(|i| i.info)
     }
 
-    /// The index that currently has trigger eventfds (VFIO allows only one at a time).
+    /// The first index any connection has routed.
     pub fn active(&self) -> Option<IrqIndex> {
         let st = self.lock();
-        Self::active_locked(&st)
-    }
-
-    fn active_locked(st: &IrqState) -> Option<IrqIndex> {
         st.indexes
             .iter()
-            .position(|i| i.vectors.iter().any(|v| v.trigger.is_some()))
+            .position(|i| i.vectors.iter().any(|v| !v.routes.is_empty()))
             .and_then(|p| IrqIndex::from_u32(p as u32))
+    }
+
+    /// The index connection `owner` has routed, if any.
+    pub fn active_for(&self, owner: ConnectionId) -> Option<IrqIndex> {
+        self.lock().active_for(owner)
     }
 
     /// How many interrupts were delivered on `index` so far.
@@ -296,17 +388,19 @@ impl Interrupts {
             .map_or(0, |i| i.delivered)
     }
 
-    /// Whether INTx is masked (automasked after delivery, until the client unmasks it).
+    /// Whether INTx is masked for every connection that routed it (automasked after
+    /// delivery, until each client unmasks it); false when nobody routed it.
     pub fn intx_masked(&self) -> bool {
-        self.lock()
-            .indexes
+        let st = self.lock();
+        st.indexes
             .first()
             .and_then(|i| i.vectors.first())
-            .is_some_and(|v| v.masked)
+            .is_some_and(|v| !v.routes.is_empty() && v.routes.iter().all(|r| r.masked))
     }
 
-    /// The raw trigger fds of `index`, one entry per vector (`None` where unset). For a
-    /// passthrough device that hands the client's eventfds to the host kernel.
+    /// The raw trigger fds of `index`, one entry per vector (`None` where unset): where
+    /// several connections routed a vector, the most recent one's. For a passthrough device
+    /// that hands a client's eventfd to the host kernel.
     pub fn trigger_fds(&self, index: IrqIndex) -> Vec<Option<RawFd>> {
         self.lock()
             .indexes
@@ -314,85 +408,63 @@ impl Interrupts {
             .map(|i| {
                 i.vectors
                     .iter()
-                    .map(|v| v.trigger.as_ref().map(|(_, f)| f.as_raw_fd()))
+                    .map(|v| v.routes.last().map(|r| r.fd.raw_fd()))
                     .collect()
             })
             .unwrap_or_default()
     }
 
-    /// Drives the INTx line. A rising level on an unmasked line delivers one interrupt and
-    /// masks the line until the client unmasks it; unmasking while the level is still high
-    /// delivers again.
+    /// Drives the INTx line. A rising level delivers one interrupt to every connection whose
+    /// INTx route is unmasked and masks that route until its client unmasks it; unmasking
+    /// while the level is still high delivers again.
     pub fn set_intx_level(&self, asserted: bool) {
         let mut st = self.lock();
         st.intx_level = asserted;
         if asserted {
-            Self::deliver_intx(&mut st);
+            st.fire(IrqIndex::Intx, 0, Whom::Everyone);
         }
     }
 
-    fn deliver_intx(st: &mut IrqState) {
-        let Some(intx) = st.indexes.first_mut() else {
-            return;
-        };
-        let Some(v) = intx.vectors.first_mut() else {
-            return;
-        };
-        if v.masked {
-            return;
-        }
-        if v.fire() {
-            v.masked = true;
-            intx.delivered += 1;
-        }
-    }
-
-    /// Delivers one edge interrupt on `index`/`vector` (MSI, MSI-X). Dropped when no eventfd
-    /// is set or the vector is masked.
+    /// Delivers one edge interrupt on `index`/`vector` (MSI, MSI-X) to every connection that
+    /// routed it. Dropped when none did.
     pub fn signal(&self, index: IrqIndex, vector: u32) {
-        let mut st = self.lock();
-        Self::signal_locked(&mut st, index, vector);
+        self.lock().fire(index, vector, Whom::Everyone);
     }
 
-    fn signal_locked(st: &mut IrqState, index: IrqIndex, vector: u32) {
-        let Some(idx) = st.indexes.get_mut(index as usize) else {
-            return;
-        };
-        let Some(v) = idx.vectors.get_mut(vector as usize) else {
-            return;
-        };
-        if v.masked {
-            return;
-        }
-        if v.fire() {
-            idx.delivered += 1;
-        }
-    }
-
-    /// The usual way a single-vector device reports its interrupt condition: with MSI or
-    /// MSI-X in use, a rising edge sends vector 0; otherwise the INTx line follows `asserted`.
+    /// The usual way a single-vector device reports its interrupt condition: the INTx line
+    /// follows `asserted`, and a rising edge sends vector 0 of MSI and MSI-X. Each connection
+    /// routes one index, so each sees the interrupt once, the way it asked for it.
     pub fn update_line(&self, asserted: bool) {
         let mut st = self.lock();
         let rising = asserted && !st.line;
         st.line = asserted;
-        match Self::active_locked(&st) {
-            Some(idx @ (IrqIndex::Msi | IrqIndex::Msix)) => {
-                st.intx_level = false;
-                if rising {
-                    Self::signal_locked(&mut st, idx, 0);
-                }
-            }
-            _ => {
-                st.intx_level = asserted;
-                if asserted {
-                    Self::deliver_intx(&mut st);
-                }
-            }
+        st.intx_level = asserted;
+        if asserted {
+            st.fire(IrqIndex::Intx, 0, Whom::Everyone);
+        }
+        if rising {
+            st.fire(IrqIndex::Msi, 0, Whom::Everyone);
+            st.fire(IrqIndex::Msix, 0, Whom::Everyone);
         }
     }
 
-    /// Applies a `SET_IRQS` request from connection `owner`, with VFIO's rules.
+    /// Applies a `SET_IRQS` request from connection `owner`, with VFIO's rules, to `owner`'s
+    /// routes only.
     pub fn apply(&self, owner: ConnectionId, req: IrqRequest) -> Result<(), DeviceError> {
+        let mut stopped = None;
+        let r = self.apply_locked(owner, req, &mut stopped);
+        // A delivery thread stuck in a client's eventfd takes a moment to stop: never
+        // under the lock.
+        drop(stopped);
+        r
+    }
+
+    fn apply_locked(
+        &self,
+        owner: ConnectionId,
+        req: IrqRequest,
+        stopped: &mut Option<Signaller>,
+    ) -> Result<(), DeviceError> {
         let mut st = self.lock();
         let pos = req.index as usize;
         let info = st
@@ -424,27 +496,44 @@ impl Interrupts {
         let selected = |i: usize| selected.get(i).copied().unwrap_or(false);
         match (req.action, req.data) {
             (IrqAction::Trigger, IrqData::None) if req.count == 0 => {
-                // Disable the whole index.
-                for v in &mut st.indexes[pos].vectors {
-                    v.trigger = None;
-                    v.masked = false;
-                }
+                // Disable the index, for this connection.
+                *stopped = st.unroute(owner, Some(req.index));
                 debug!("irq index {:?} disabled by {owner}", req.index);
             }
             (IrqAction::Trigger, IrqData::Eventfds(files)) => {
-                if let Some(active) = Self::active_locked(&st) {
+                if let Some(active) = st.active_for(owner) {
                     if active != req.index {
                         return Err(DeviceError::InvalidArgument(
                             "another interrupt index is enabled",
                         ));
                     }
                 }
-                for (i, f) in files.into_iter().enumerate() {
-                    set_nonblocking(&f);
+                // Every fd is checked before anything changes.
+                let fds = files
+                    .into_iter()
+                    .map(|f| Eventfd::new(f).map(Arc::new))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| match e.raw_os_error() {
+                        Some(libc::EINVAL) => {
+                            DeviceError::InvalidArgument("an interrupt fd is not an eventfd")
+                        }
+                        _ => DeviceError::Io(e),
+                    })?;
+                if let std::collections::hash_map::Entry::Vacant(slot) = st.signallers.entry(owner)
+                {
+                    slot.insert(Signaller::start(owner)?);
+                }
+                for (i, fd) in fds.into_iter().enumerate() {
                     let v = &mut st.indexes[pos].vectors[req.start as usize + i];
-                    v.trigger = Some((owner, f));
-                    v.failing = false;
-                    v.masked = false;
+                    let route = Route {
+                        owner,
+                        fd,
+                        masked: false,
+                    };
+                    match v.route_mut(owner) {
+                        Some(r) => *r = route,
+                        None => v.routes.push(route),
+                    }
                 }
                 debug!(
                     "irq index {:?} vectors {}..{} routed to eventfds of {owner}",
@@ -452,17 +541,14 @@ impl Interrupts {
                 );
                 // A level still high on a fresh INTx eventfd is delivered at once.
                 if req.index == IrqIndex::Intx && st.intx_level {
-                    Self::deliver_intx(&mut st);
+                    st.fire(IrqIndex::Intx, 0, Whom::Only(owner));
                 }
             }
             (IrqAction::Trigger, _) => {
+                // A client triggering a vector itself reaches its own eventfd only.
                 for i in 0..req.count {
                     if selected(i as usize) {
-                        if req.index == IrqIndex::Intx {
-                            Self::deliver_intx(&mut st);
-                        } else {
-                            Self::signal_locked(&mut st, req.index, req.start + i);
-                        }
+                        st.fire(req.index, req.start + i, Whom::Only(owner));
                     }
                 }
             }
@@ -480,9 +566,11 @@ impl Interrupts {
                 }
                 if selected(0) {
                     let unmask = action == IrqAction::Unmask;
-                    st.indexes[pos].vectors[0].masked = !unmask;
+                    if let Some(r) = st.indexes[pos].vectors[0].route_mut(owner) {
+                        r.masked = !unmask;
+                    }
                     if unmask && st.intx_level {
-                        Self::deliver_intx(&mut st);
+                        st.fire(IrqIndex::Intx, 0, Whom::Only(owner));
                     }
                 }
             }
@@ -490,54 +578,49 @@ impl Interrupts {
         Ok(())
     }
 
-    /// Drops every eventfd connection `owner` handed over. Other connections keep theirs.
+    /// Drops every route connection `owner` made (and stops its delivery thread). Other
+    /// connections keep theirs.
     pub fn release(&self, owner: ConnectionId) {
-        let mut st = self.lock();
-        for idx in &mut st.indexes {
-            for v in &mut idx.vectors {
-                if v.trigger.as_ref().is_some_and(|(o, _)| *o == owner) {
-                    v.trigger = None;
-                    v.masked = false;
-                }
-            }
-        }
+        let stopped = self.lock().unroute(owner, None);
+        drop(stopped);
     }
 
-    /// Device reset: the line goes low and INTx is unmasked; eventfds stay (the client owns
-    /// them and disables them itself).
+    /// Waits until every interrupt raised so far has been written to its eventfd (or found
+    /// unwritable), at most `limit` per connection. Returns whether all were. Delivery is
+    /// asynchronous (each connection's eventfds are written by a thread of its own); tests
+    /// and orderly shutdowns use this to observe its end.
+    pub fn wait_delivered(&self, limit: Duration) -> bool {
+        // The lock is held while waiting so no signaller is dropped under us; delivery
+        // threads never take it, so they make progress.
+        let st = self.lock();
+        st.signallers.values().all(|s| s.wait_idle(limit))
+    }
+
+    /// Whether connection `owner` has routed any vector.
+    pub fn routed_by(&self, owner: ConnectionId) -> bool {
+        self.lock().active_for(owner).is_some()
+    }
+
+    /// Device reset: the line goes low and INTx is unmasked; routes stay (each client owns
+    /// its eventfds and disables them itself).
     pub fn reset(&self) {
         let mut st = self.lock();
         st.intx_level = false;
         st.line = false;
         for idx in &mut st.indexes {
             for v in &mut idx.vectors {
-                v.masked = false;
+                for r in &mut v.routes {
+                    r.masked = false;
+                }
             }
         }
     }
 }
 
-fn set_nonblocking(f: &File) {
-    // A hostile client could pass a pipe instead of an eventfd: never let a full pipe block
-    // the device. Eventfds are unaffected by O_NONBLOCK except for a counter overflow.
-    let fd = f.as_raw_fd();
-    // SAFETY: fcntl on a valid fd we own; F_GETFL/F_SETFL do not touch memory.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
-    }
-}
-
-fn signal(mut f: &File) -> std::io::Result<()> {
-    f.write_all(&1u64.to_ne_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::os::fd::AsRawFd;
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     fn eventfd() -> (File, EventFd) {
@@ -549,8 +632,20 @@ mod tests {
         (file, e)
     }
 
-    fn count(e: &EventFd) -> u64 {
+    /// Interrupts delivered to `e` so far (after the delivery threads caught up).
+    fn count(irqs: &Interrupts, e: &EventFd) -> u64 {
+        assert!(irqs.wait_delivered(Duration::from_secs(10)));
         e.read().unwrap_or(0)
+    }
+
+    fn request(index: IrqIndex, action: IrqAction, count: u32, data: IrqData) -> IrqRequest {
+        IrqRequest {
+            index,
+            start: 0,
+            count,
+            action,
+            data,
+        }
     }
 
     fn route(irqs: &Interrupts, owner: ConnectionId, index: IrqIndex) -> EventFd {
@@ -575,9 +670,9 @@ mod tests {
         let c = ConnectionId(1);
         let e = route(&irqs, c, IrqIndex::Intx);
         irqs.set_intx_level(true);
-        assert_eq!(count(&e), 1);
+        assert_eq!(count(&irqs, &e), 1);
         irqs.set_intx_level(true);
-        assert_eq!(count(&e), 0, "masked after delivery");
+        assert_eq!(count(&irqs, &e), 0, "masked after delivery");
         irqs.apply(
             c,
             IrqRequest {
@@ -589,7 +684,11 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(count(&e), 1, "level still high: delivered again on unmask");
+        assert_eq!(
+            count(&irqs, &e),
+            1,
+            "level still high: delivered again on unmask"
+        );
         irqs.set_intx_level(false);
         irqs.apply(
             c,
@@ -602,7 +701,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(count(&e), 0);
+        assert_eq!(count(&irqs, &e), 0);
     }
 
     #[test]
@@ -613,10 +712,10 @@ mod tests {
         let e = route(&irqs, ConnectionId(1), IrqIndex::Msi);
         irqs.update_line(true);
         irqs.update_line(true);
-        assert_eq!(count(&e), 1);
+        assert_eq!(count(&irqs, &e), 1);
         irqs.update_line(false);
         irqs.update_line(true);
-        assert_eq!(count(&e), 1);
+        assert_eq!(count(&irqs, &e), 1);
         assert_eq!(irqs.delivered(IrqIndex::Msi), 2);
     }
 
@@ -680,31 +779,132 @@ mod tests {
     }
 
     #[test]
-    fn a_pipe_that_fills_never_blocks_delivery() {
-        let (r, w) = nix::unistd::pipe().unwrap();
+    fn only_eventfds_are_accepted_as_interrupt_fds() {
+        let (_r, w) = nix::unistd::pipe().unwrap();
         let irqs = Interrupts::new(false, 1, 0);
+        let err = irqs
+            .apply(
+                ConnectionId(1),
+                request(
+                    IrqIndex::Msi,
+                    IrqAction::Trigger,
+                    1,
+                    IrqData::Eventfds(vec![File::from(w)]),
+                ),
+            )
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL);
+        assert_eq!(irqs.active(), None);
+    }
+
+    #[test]
+    fn a_second_connection_routes_alongside_the_first_and_leaves_it_intact() {
+        let irqs = Interrupts::new(true, 1, 0);
+        let (a, b) = (ConnectionId(1), ConnectionId(2));
+        let ea = route(&irqs, a, IrqIndex::Intx);
+        let eb = route(&irqs, b, IrqIndex::Intx);
+        irqs.set_intx_level(true);
+        assert_eq!(
+            (count(&irqs, &ea), count(&irqs, &eb)),
+            (1, 1),
+            "both see it"
+        );
+        irqs.set_intx_level(false);
+        // b unmasks and disables INTx, as a booting VMM does: a keeps its route and mask.
         irqs.apply(
-            ConnectionId(1),
-            IrqRequest {
-                index: IrqIndex::Msi,
-                start: 0,
-                count: 1,
-                action: IrqAction::Trigger,
-                data: IrqData::Eventfds(vec![File::from(w)]),
-            },
+            b,
+            request(IrqIndex::Intx, IrqAction::Unmask, 1, IrqData::None),
         )
         .unwrap();
-        for _ in 0..100_000 {
-            irqs.signal(IrqIndex::Msi, 0);
+        irqs.apply(
+            b,
+            request(IrqIndex::Intx, IrqAction::Trigger, 0, IrqData::None),
+        )
+        .unwrap();
+        irqs.apply(
+            a,
+            request(IrqIndex::Intx, IrqAction::Unmask, 1, IrqData::None),
+        )
+        .unwrap();
+        irqs.set_intx_level(true);
+        assert_eq!((count(&irqs, &ea), count(&irqs, &eb)), (1, 0));
+        // b comes back with MSI, then leaves: a's INTx route is untouched throughout.
+        let ebm = route(&irqs, b, IrqIndex::Msi);
+        irqs.set_intx_level(false);
+        irqs.apply(
+            a,
+            request(IrqIndex::Intx, IrqAction::Unmask, 1, IrqData::None),
+        )
+        .unwrap();
+        irqs.update_line(true);
+        assert_eq!((count(&irqs, &ea), count(&irqs, &ebm)), (1, 1));
+        irqs.release(b);
+        assert_eq!(irqs.active_for(b), None);
+        assert_eq!(irqs.active_for(a), Some(IrqIndex::Intx));
+        irqs.update_line(false);
+        irqs.apply(
+            a,
+            request(IrqIndex::Intx, IrqAction::Unmask, 1, IrqData::None),
+        )
+        .unwrap();
+        irqs.update_line(true);
+        assert_eq!(count(&irqs, &ea), 1);
+    }
+
+    #[test]
+    fn a_client_triggering_a_vector_reaches_only_its_own_eventfd() {
+        let irqs = Interrupts::new(false, 1, 0);
+        let ea = route(&irqs, ConnectionId(1), IrqIndex::Msi);
+        let eb = route(&irqs, ConnectionId(2), IrqIndex::Msi);
+        irqs.apply(
+            ConnectionId(2),
+            request(IrqIndex::Msi, IrqAction::Trigger, 1, IrqData::None),
+        )
+        .unwrap();
+        assert_eq!((count(&irqs, &ea), count(&irqs, &eb)), (0, 1));
+    }
+
+    #[test]
+    fn a_blocked_eventfd_stalls_nobody_else_and_its_owner_still_leaves() {
+        let irqs = Interrupts::new(false, 1, 0);
+        let (hostile, he) = eventfd();
+        irqs.apply(
+            ConnectionId(1),
+            request(
+                IrqIndex::Msi,
+                IrqAction::Trigger,
+                1,
+                IrqData::Eventfds(vec![hostile]),
+            ),
+        )
+        .unwrap();
+        // The client makes its eventfd blocking again and fills the counter to the top.
+        // SAFETY: fcntl on an fd `he` owns; no memory is touched.
+        unsafe {
+            let fl = libc::fcntl(he.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(he.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
         }
-        let failing = || irqs.lock().indexes[IrqIndex::Msi as usize].vectors[0].failing;
-        assert!(failing(), "a full pipe is noticed (and warned about once)");
-        let mut r = File::from(r);
-        set_nonblocking(&r);
-        let mut buf = [0u8; 4096];
-        while r.read(&mut buf).is_ok_and(|n| n > 0) {}
-        irqs.signal(IrqIndex::Msi, 0);
-        assert!(!failing(), "delivery resumes once the reader drains");
-        r.read_exact(&mut buf[..8]).unwrap();
+        he.write(u64::MAX - 1).unwrap();
+        let good = route(&irqs, ConnectionId(2), IrqIndex::Msi);
+        let t = std::time::Instant::now();
+        for _ in 0..1000 {
+            irqs.update_line(true);
+            irqs.update_line(false);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "raising never blocked"
+        );
+        // The other connection's interrupts arrive (its own thread is not stuck).
+        let mut got = 0;
+        while got == 0 && t.elapsed() < Duration::from_secs(10) {
+            got = good.read().unwrap_or(0);
+        }
+        assert!(got > 0, "the other connection still gets interrupts");
+        // The stuck owner leaves: its delivery thread is interrupted and stops.
+        let t = std::time::Instant::now();
+        irqs.release(ConnectionId(1));
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert_eq!(irqs.active_for(ConnectionId(1)), None);
     }
 }
