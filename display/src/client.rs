@@ -1,12 +1,17 @@
 //! The viewer client: one more vfio-user connection to a display instance. It maps BAR0
 //! read-only through the region's file and reads the current mode from the device's
 //! registers; it never resets the device, and closing it leaves the guest undisturbed.
+//!
+//! The guest (and the device) write the framebuffer while the viewer reads it, from other
+//! processes: the viewer never forms a `&[u8]` over the mapping, it copies the scanned-out
+//! bytes out with volatile reads. It maps only a file sealed against shrinking, so no one
+//! holding the fd can make those reads fault.
 
-use std::fs::File;
 use std::io;
 use std::path::Path;
 
-use memmap2::{Mmap, MmapOptions};
+use vm_memory::mmap::{MmapRegion, MmapRegionError};
+use vm_memory::{FileOffset, VolatileMemory};
 
 use crate::format::{Frame, Mode};
 
@@ -22,6 +27,10 @@ pub enum ClientError {
     /// The framebuffer region is missing or cannot be mapped.
     #[error("framebuffer region: {0}")]
     NotMappable(&'static str),
+    /// BAR0's file is not sealed against shrinking: whoever holds it could make every read of
+    /// a mapping fault (SIGBUS), so the viewer does not map it.
+    #[error("framebuffer region: its file is not sealed against shrinking, not mapping it ({0})")]
+    NotSealed(#[source] io::Error),
     /// Mapping the framebuffer failed.
     #[error("mapping the framebuffer: {0}")]
     Map(#[source] io::Error),
@@ -60,12 +69,15 @@ pub trait ModeReader: Send + Sync {
 /// A read-only view of a display instance.
 pub struct DisplayClient {
     client: vfio_user::Client,
-    map: Mmap,
+    map: MmapRegion,
+    /// The scanned-out bytes of the last frame, copied out of `map`.
+    visible: Vec<u8>,
     reader: Box<dyn ModeReader>,
 }
 
 impl DisplayClient {
-    /// Connects to the instance served on `socket` and maps its framebuffer.
+    /// Connects to the instance served on `socket` and maps its framebuffer. Refuses
+    /// ([`ClientError::NotSealed`]) a framebuffer whose file is not sealed against shrinking.
     pub fn connect(socket: &Path, reader: Box<dyn ModeReader>) -> Result<Self, ClientError> {
         let client = vfio_user::Client::new(socket)?;
         let region = client
@@ -85,25 +97,48 @@ impl DisplayClient {
         Ok(DisplayClient {
             client,
             map,
+            visible: Vec::new(),
             reader,
         })
     }
 
     /// The mode scanned out now.
     pub fn mode(&mut self) -> Result<Option<Mode>, ClientError> {
-        let len = self.map.len() as u64;
+        let len = self.map.size() as u64;
         self.reader.read_mode(&mut self.client, len)
     }
 
-    /// The framebuffer as this process sees it (the guest keeps writing it).
-    pub fn framebuffer(&self) -> &[u8] {
-        &self.map
+    /// Copies framebuffer bytes at `offset` into `data` (the guest keeps writing them).
+    /// Fails with [`ClientError::NotMappable`] for a range outside BAR0.
+    pub fn read_framebuffer(&self, offset: u64, data: &mut [u8]) -> Result<(), ClientError> {
+        let slice = usize::try_from(offset)
+            .ok()
+            .and_then(|offset| self.map.get_slice(offset, data.len()).ok())
+            .ok_or(ClientError::NotMappable("read outside BAR0"))?;
+        slice.copy_to(data);
+        Ok(())
     }
 
-    /// The current frame, or `None` when nothing valid is scanned out.
+    /// The current frame, or `None` when nothing valid is scanned out. The frame is a copy of
+    /// the scanned-out bytes taken now; a frame the guest is drawing may come out torn.
     pub fn frame(&mut self) -> Result<Option<Frame<'_>>, ClientError> {
-        let mode = self.mode()?;
-        Ok(mode.and_then(|m| Frame::new(m, &self.map)))
+        let Some(mode) = self.mode()? else {
+            return Ok(None);
+        };
+        let window = mode
+            .end()
+            .filter(|_| mode.fits(self.map.size() as u64))
+            .and_then(|end| {
+                let start = usize::try_from(mode.offset).ok()?;
+                let len = usize::try_from(end - mode.offset).ok()?;
+                self.map.get_slice(start, len).ok()
+            });
+        let Some(window) = window else {
+            return Ok(None);
+        };
+        self.visible.resize(window.len(), 0);
+        window.copy_to(&mut self.visible);
+        Ok(Frame::from_visible(mode, &self.visible))
     }
 }
 
@@ -114,21 +149,65 @@ impl Drop for DisplayClient {
     }
 }
 
-fn map_read_only(file: &File, offset: u64, len: usize) -> Result<Mmap, ClientError> {
-    // Pages past the end of the file would fault (SIGBUS) on the first read: refuse a
-    // region the file does not back instead.
-    let file_len = file.metadata().map_err(ClientError::Map)?.len();
-    let backed = offset
+/// Maps `len` bytes of `file` at `offset` read-only and shared, once the file is known to be
+/// sealed against shrinking and long enough: otherwise a peer holding the fd could cut pages
+/// from under the mapping and the next read would kill this process with SIGBUS.
+fn map_read_only(file: &std::fs::File, offset: u64, len: usize) -> Result<MmapRegion, ClientError> {
+    let end = offset
         .checked_add(len as u64)
-        .is_some_and(|end| end <= file_len);
-    if !backed {
-        return Err(ClientError::NotMappable(
+        .ok_or(ClientError::NotMappable(
             "BAR0 reaches past the end of its file",
+        ))?;
+    mdev::region::check_sealed_against_shrink(file, end).map_err(|e| match e.raw_os_error() {
+        Some(libc::EINVAL) => ClientError::NotMappable("BAR0 reaches past the end of its file"),
+        _ => ClientError::NotSealed(e),
+    })?;
+    let file = file.try_clone().map_err(ClientError::Map)?;
+    MmapRegion::build(
+        Some(FileOffset::new(file, offset)),
+        len,
+        libc::PROT_READ,
+        libc::MAP_SHARED,
+    )
+    .map_err(|e| {
+        ClientError::Map(match e {
+            MmapRegionError::Mmap(io) => io,
+            other => {
+                log::warn!("viewer: mapping {len} bytes of BAR0 failed: {other}");
+                io::Error::from_raw_os_error(libc::EINVAL)
+            }
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+
+    #[test]
+    fn the_viewer_refuses_a_framebuffer_file_a_peer_could_shrink() {
+        let file = File::from(memfd_create(c"unsealed-fb", MemFdCreateFlag::MFD_CLOEXEC).unwrap());
+        file.set_len(8192).unwrap();
+        let err = map_read_only(&file, 0, 8192).expect_err("refused");
+        assert!(matches!(&err, ClientError::NotSealed(e) if e.raw_os_error() == Some(libc::EPERM)));
+        assert!(err.to_string().contains("not sealed"), "{err}");
+    }
+
+    #[test]
+    fn the_viewer_maps_a_sealed_framebuffer_and_refuses_one_too_short() {
+        let fb = mdev::SharedMemory::new("viewer-test", 8192).unwrap();
+        fb.file().write_all_at(b"pixels", 4096 + 10).unwrap();
+        let map = map_read_only(fb.file(), 4096, 4096).unwrap();
+        let mut back = [0u8; 6];
+        map.get_slice(10, 6).unwrap().copy_to(&mut back[..]);
+        assert_eq!(&back, b"pixels");
+        assert!(matches!(
+            map_read_only(fb.file(), 4096, 8192),
+            Err(ClientError::NotMappable(_))
         ));
     }
-    // SAFETY: the mapping is shared memory the device and the guest write concurrently; we
-    // only ever read it as plain bytes (a torn frame is acceptable for a viewer), and the
-    // file is a memfd whose size the server fixed before handing it out, so the mapping
-    // never loses its pages underneath us.
-    unsafe { MmapOptions::new().offset(offset).len(len).map(file) }.map_err(ClientError::Map)
 }

@@ -147,6 +147,8 @@ impl Mode {
 pub struct Frame<'a> {
     mode: Mode,
     bytes: &'a [u8],
+    /// Framebuffer offset of `bytes[0]`.
+    origin: u64,
 }
 
 impl<'a> Frame<'a> {
@@ -155,6 +157,18 @@ impl<'a> Frame<'a> {
         mode.fits(framebuffer.len() as u64).then_some(Frame {
             mode,
             bytes: framebuffer,
+            origin: 0,
+        })
+    }
+
+    /// A frame of `mode` over `visible`, a copy of only the framebuffer bytes the mode scans
+    /// out (from `mode.offset` to [`Mode::end`]), or `None` when they are not all there.
+    pub fn from_visible(mode: Mode, visible: &'a [u8]) -> Option<Self> {
+        let at_start = Mode { offset: 0, ..mode };
+        at_start.fits(visible.len() as u64).then_some(Frame {
+            mode,
+            bytes: visible,
+            origin: mode.offset,
         })
     }
 
@@ -177,8 +191,8 @@ impl<'a> Frame<'a> {
     #[inline]
     pub fn line(&self, y: u32) -> &'a [u8] {
         let bpp = self.mode.format.bytes_per_pixel();
-        // `new` checked that every visible line lies inside `bytes`.
-        let start = (self.mode.offset + u64::from(y) * self.mode.stride) as usize;
+        // `new` and `from_visible` checked that every visible line lies inside `bytes`.
+        let start = (self.mode.offset - self.origin + u64::from(y) * self.mode.stride) as usize;
         &self.bytes[start..start + self.mode.width as usize * bpp]
     }
 
@@ -278,5 +292,23 @@ mod tests {
         assert_eq!(frame.pixel(0, 0), [1, 2, 3]);
         assert_eq!(frame.pixel(1, 1), [4, 5, 6]);
         assert_eq!(frame.to_rgb8(), vec![1, 2, 3, 0, 0, 0, 0, 0, 0, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_frame_over_a_copy_of_its_visible_bytes_reads_as_over_the_whole_framebuffer() {
+        let mode = Mode {
+            format: PixelFormat::Rgb888,
+            width: 2,
+            height: 2,
+            stride: 8,
+            offset: 5,
+        };
+        let fb: Vec<u8> = (0..32).collect();
+        let whole = Frame::new(mode, &fb).unwrap();
+        let visible = &fb[5..mode.end().unwrap() as usize];
+        let copy = Frame::from_visible(mode, visible).unwrap();
+        assert_eq!(copy.mode(), mode);
+        assert_eq!(copy.to_rgb8(), whole.to_rgb8());
+        assert!(Frame::from_visible(mode, &visible[1..]).is_none());
     }
 }

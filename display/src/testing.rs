@@ -49,8 +49,15 @@ pub fn map_framebuffer_rw(client: &vfio_user::Client) -> io::Result<MmapMut> {
         .as_ref()
         .ok_or_else(|| io::Error::other("BAR0 has no file"))?;
     let len = usize::try_from(region.size).map_err(io::Error::other)?;
-    // SAFETY: a shared mapping of a memfd whose size the server fixed; the test owns what it
-    // writes and reads it back only through the device or another mapping.
+    let end = backing
+        .start()
+        .checked_add(region.size)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    mdev::region::check_sealed_against_shrink(backing.file(), end)?;
+    // SAFETY: a shared mapping of a file just checked to be sealed against shrinking and to
+    // hold the whole region, so its pages stay for the life of the mapping; the test owns what
+    // it writes through the `&mut [u8]` and reads it back only through the device or another
+    // mapping.
     unsafe {
         MmapOptions::new()
             .offset(backing.start())

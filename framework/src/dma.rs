@@ -149,9 +149,13 @@ impl DmaMappings {
     }
 
     /// Maps the memory behind the mapping that holds `iova` into this process (once) and returns
-    /// it with the offset of `iova` inside it. For zero-copy access by a device that trusts the
-    /// client not to shrink the file (a sealed memfd); [`DmaMappings::read`] and
-    /// [`DmaMappings::write`] are safe against that.
+    /// it with the offset of `iova` inside it, for zero-copy access by a device.
+    ///
+    /// Only a file sealed against shrinking is mapped (QEMU's `memory-backend-memfd` seals its
+    /// memfds by default), so the client can never turn an access through the mapping into a
+    /// SIGBUS here: an unsealed or unsealable file is refused with EPERM, one shorter than the
+    /// mapping with EINVAL ([`SharedMemory::from_sealed_file`]). [`DmaMappings::read`] and
+    /// [`DmaMappings::write`] need no seal: they go through the fd.
     pub fn map_memory(&mut self, iova: u64) -> Result<(Arc<SharedMemory>, u64), DeviceError> {
         let (_, m) = self
             .maps
@@ -166,7 +170,7 @@ impl DmaMappings {
             let dup = file.try_clone()?;
             let len = usize::try_from(m.file_offset.saturating_add(m.size))
                 .map_err(|_| DeviceError::InvalidArgument("DMA range too large"))?;
-            m.memory = Some(Arc::new(SharedMemory::from_file(dup, len)?));
+            m.memory = Some(Arc::new(SharedMemory::from_sealed_file(dup, len)?));
         }
         let mem = m
             .memory
@@ -300,10 +304,21 @@ mod tests {
         assert!(t.read(0x9000, &mut back).is_err(), "unmapped");
     }
 
+    /// A client's memory as a memfd without seals (QEMU with `seal=off`, or a hostile client).
+    fn unsealed_memfd(size: u64) -> File {
+        let fd = nix::sys::memfd::memfd_create(
+            c"unsealed",
+            nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+        )
+        .unwrap();
+        let file = File::from(fd);
+        file.set_len(size).unwrap();
+        file
+    }
+
     #[test]
     fn a_client_shrinking_its_memory_gets_efault_not_a_crash() {
-        let mem = SharedMemory::new("guest", 0x2000).unwrap();
-        let file = mem.file().try_clone().unwrap();
+        let file = unsealed_memfd(0x2000);
         let mut t = DmaMappings::new(4);
         t.insert(map(
             0x10000,
@@ -319,5 +334,33 @@ mod tests {
         // A write there is harmless too (pwrite extends the client's file).
         t.write(0x11000, b"no").unwrap();
         t.read(0x10000, &mut b).unwrap();
+    }
+
+    #[test]
+    fn memory_sealed_against_shrinking_is_mapped_for_zero_copy_access() {
+        let mem = SharedMemory::new("guest", 0x4000).unwrap();
+        let mut t = DmaMappings::new(4);
+        t.insert(DmaMapping {
+            file_offset: 0x1000,
+            ..map(0x10000, 0x2000, Some(mem.file().clone()))
+        })
+        .unwrap();
+        let (mapped, offset) = t.map_memory(0x10800).unwrap();
+        assert_eq!(offset, 0x1800);
+        mapped.write(offset, b"zero-copy").unwrap();
+        let mut back = [0u8; 9];
+        mem.read(0x1800, &mut back).unwrap();
+        assert_eq!(&back, b"zero-copy");
+    }
+
+    #[test]
+    fn memory_a_client_could_shrink_is_never_mapped() {
+        let mut t = DmaMappings::new(4);
+        t.insert(map(0x10000, 0x2000, Some(Arc::new(unsealed_memfd(0x2000)))))
+            .unwrap();
+        let e = t.map_memory(0x10000).unwrap_err();
+        assert_eq!(e.errno(), libc::EPERM);
+        // The fd path still serves it.
+        t.write(0x10000, b"ok").unwrap();
     }
 }

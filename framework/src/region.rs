@@ -2,12 +2,20 @@
 //!
 //! Region indices follow VFIO's PCI layout: BAR0–BAR5 are 0–5, the expansion ROM is 6,
 //! config space is 7 and the legacy VGA window is 8.
+//!
+//! Memory shared with a client is a memfd whose size is sealed: a client holding the fd can
+//! write the bytes but can neither shrink the file (which would turn every access through
+//! this process's mapping into a SIGBUS) nor grow it, nor change the seals. This process
+//! maps only files sealed that way ([`SharedMemory::from_sealed_file`]).
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use bitflags::bitflags;
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use vm_memory::mmap::{MmapRegion, MmapRegionError};
 use vm_memory::{FileOffset, VolatileMemory};
 
@@ -105,8 +113,46 @@ impl RegionInfo {
     }
 }
 
+/// The seals every memfd this process hands out carries: its size is fixed for good and the
+/// seals themselves cannot change. Write seals are left out on purpose: clients write the
+/// memory (a guest's framebuffer) through their own mappings.
+pub const SHARED_MEMORY_SEALS: SealFlag = SealFlag::F_SEAL_SHRINK
+    .union(SealFlag::F_SEAL_GROW)
+    .union(SealFlag::F_SEAL_SEAL);
+
+/// Checks that `file` may be mapped by this process for its first `len` bytes without the
+/// risk of a SIGBUS: the file must carry `F_SEAL_SHRINK` (so no holder of the fd can ever
+/// cut pages from under a mapping) and be at least `len` bytes long.
+///
+/// Fails with EPERM for a file without that seal, including files that cannot carry seals
+/// at all (a pipe, a socket, a file on a disk file system), and with EINVAL for a file
+/// shorter than `len`. Each refusal is logged.
+pub fn check_sealed_against_shrink(file: &File, len: u64) -> io::Result<()> {
+    let seals = match fcntl(file.as_raw_fd(), FcntlArg::F_GET_SEALS) {
+        Ok(bits) => SealFlag::from_bits_truncate(bits),
+        Err(errno) => {
+            log::warn!("refusing to map a file that cannot be sealed (F_GET_SEALS: {errno})");
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+    };
+    if !seals.contains(SealFlag::F_SEAL_SHRINK) {
+        log::warn!("refusing to map a file not sealed against shrinking (seals {seals:?})");
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
+    }
+    // Sealed against shrinking, the length read now can only stay or grow.
+    let file_len = file.metadata()?.len();
+    if file_len < len {
+        log::warn!("refusing to map {len} bytes of a file of {file_len} bytes");
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(())
+}
+
 /// Memory shared with clients through a memfd: a framebuffer BAR the guest writes without a
 /// message per access, and that the server (or a viewer) reads at any time.
+///
+/// This is the one type that creates memory for clients; its memfd carries
+/// [`SHARED_MEMORY_SEALS`], so no client can resize it.
 pub struct SharedMemory {
     file: Arc<File>,
     map: MmapRegion,
@@ -121,20 +167,25 @@ impl std::fmt::Debug for SharedMemory {
 }
 
 impl SharedMemory {
-    /// Creates `size` bytes of zeroed shared memory named `name` (visible in /proc/PID/fd).
+    /// Creates `size` bytes of zeroed shared memory named `name` (visible in /proc/PID/fd),
+    /// its size sealed with [`SHARED_MEMORY_SEALS`].
     pub fn new(name: &str, size: usize) -> io::Result<Self> {
         let cname =
             std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let fd =
-            nix::sys::memfd::memfd_create(&cname, nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
-                .map_err(io::Error::from)?;
-        let file = File::from(fd);
+        let flags = MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING;
+        let file = File::from(memfd_create(&cname, flags).map_err(io::Error::from)?);
         file.set_len(size as u64)?;
-        Self::from_file(file, size)
+        fcntl(file.as_raw_fd(), FcntlArg::F_ADD_SEALS(SHARED_MEMORY_SEALS))
+            .map_err(io::Error::from)?;
+        Self::from_sealed_file(file, size)
     }
 
-    /// Maps an existing file (a memfd a client sent, or one this process made) shared.
-    pub fn from_file(file: File, size: usize) -> io::Result<Self> {
+    /// Maps the first `size` bytes of `file` (a memfd a client sent, or one this process made)
+    /// shared. The file must be sealed against shrinking and hold `size` bytes
+    /// ([`check_sealed_against_shrink`]: EPERM or EINVAL otherwise), so that no access
+    /// through the mapping can ever raise SIGBUS in this process.
+    pub fn from_sealed_file(file: File, size: usize) -> io::Result<Self> {
+        check_sealed_against_shrink(&file, size as u64)?;
         let file = Arc::new(file);
         let map = MmapRegion::from_file(FileOffset::from_arc(file.clone(), 0), size)
             .map_err(|e| mmap_error(size, e))?;
@@ -215,6 +266,117 @@ fn mmap_error(size: usize, e: MmapRegionError) -> io::Error {
 mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
+
+    use vm_memory::VolatileSlice;
+
+    /// A memfd made the way a client might: sealable or not, with `seals` added after sizing.
+    fn client_memfd(size: u64, seals: Option<SealFlag>) -> File {
+        let flags = match seals {
+            Some(_) => MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+            None => MemFdCreateFlag::MFD_CLOEXEC,
+        };
+        let file = File::from(memfd_create(c"client", flags).unwrap());
+        file.set_len(size).unwrap();
+        if let Some(seals) = seals {
+            fcntl(file.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals)).unwrap();
+        }
+        file
+    }
+
+    fn errno(r: io::Result<impl Sized>) -> Option<i32> {
+        r.err().and_then(|e| e.raw_os_error())
+    }
+
+    #[test]
+    fn a_shared_memory_fd_cannot_be_shrunk_by_a_client() {
+        let mem = SharedMemory::new("test", 8192).unwrap();
+        assert_eq!(errno(mem.file().set_len(0)), Some(libc::EPERM));
+        assert_eq!(errno(mem.file().set_len(4096)), Some(libc::EPERM));
+        assert_eq!(mem.file().metadata().unwrap().len(), 8192);
+        let mut last = [1u8; 1];
+        mem.read(8191, &mut last).unwrap();
+        assert_eq!(last, [0]);
+    }
+
+    #[test]
+    fn a_shared_memory_fd_cannot_be_grown_by_a_client() {
+        let mem = SharedMemory::new("test", 8192).unwrap();
+        assert_eq!(errno(mem.file().set_len(1 << 30)), Some(libc::EPERM));
+        assert_eq!(
+            errno(mem.file().write_all_at(b"x", 8192)),
+            Some(libc::EPERM)
+        );
+        assert_eq!(mem.file().metadata().unwrap().len(), 8192);
+    }
+
+    #[test]
+    fn a_shared_memory_fd_takes_no_further_seals() {
+        let mem = SharedMemory::new("test", 4096).unwrap();
+        let fd = mem.file().as_raw_fd();
+        for seal in [SealFlag::F_SEAL_WRITE, SealFlag::F_SEAL_FUTURE_WRITE] {
+            let added = fcntl(fd, FcntlArg::F_ADD_SEALS(seal));
+            assert_eq!(added, Err(nix::errno::Errno::EPERM), "{seal:?}");
+        }
+        let seals = SealFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GET_SEALS).unwrap());
+        assert_eq!(seals, SHARED_MEMORY_SEALS);
+    }
+
+    #[test]
+    fn a_shared_memory_fd_still_takes_client_writes_by_fd_and_by_mapping() {
+        let mem = SharedMemory::new("test", 8192).unwrap();
+        mem.file().write_all_at(b"by fd", 100).unwrap();
+        // A client's own mapping, as QEMU makes it for the guest: shared and writable.
+        let client_map = MmapRegion::<()>::build(
+            Some(FileOffset::new(mem.file().try_clone().unwrap(), 4096)),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+        )
+        .unwrap();
+        let slice: VolatileSlice<'_, ()> = client_map.get_slice(16, 10).unwrap();
+        slice.copy_from(b"by mapping");
+        let mut back = [0u8; 5];
+        mem.read(100, &mut back).unwrap();
+        assert_eq!(&back, b"by fd");
+        let mut back = [0u8; 10];
+        mem.read(4096 + 16, &mut back).unwrap();
+        assert_eq!(&back, b"by mapping");
+    }
+
+    #[test]
+    fn mapping_accepts_memory_sealed_as_qemu_seals_guest_ram() {
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        let mem = SharedMemory::from_sealed_file(client_memfd(8192, Some(seals)), 8192).unwrap();
+        mem.write(8000, b"guest ram").unwrap();
+        let shrink_only = client_memfd(4096, Some(SealFlag::F_SEAL_SHRINK));
+        assert!(SharedMemory::from_sealed_file(shrink_only, 4096).is_ok());
+    }
+
+    #[test]
+    fn mapping_refuses_a_memfd_not_sealed_against_shrinking() {
+        let unsealed = client_memfd(4096, None);
+        let e = SharedMemory::from_sealed_file(unsealed, 4096).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        let grow_sealed = client_memfd(4096, Some(SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL));
+        let e = SharedMemory::from_sealed_file(grow_sealed, 4096).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+    }
+
+    #[test]
+    fn mapping_refuses_a_pipe() {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        for end in [File::from(read), File::from(write)] {
+            let e = SharedMemory::from_sealed_file(end, 4096).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        }
+    }
+
+    #[test]
+    fn mapping_refuses_a_sealed_file_shorter_than_the_mapping() {
+        let short = client_memfd(4096, Some(SealFlag::F_SEAL_SHRINK));
+        let e = SharedMemory::from_sealed_file(short, 8192).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    }
 
     #[test]
     fn shared_memory_is_visible_through_its_file() {

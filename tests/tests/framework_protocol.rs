@@ -108,7 +108,7 @@ fn a_shared_bar_written_through_the_mapping_reads_back_through_messages() {
     let region = c.region(2).unwrap();
     let fo = region.file_offset.as_ref().unwrap();
     let file = fo.file().try_clone().unwrap();
-    let mapped = SharedMemory::from_file(file, MEM_BAR_SIZE as usize).unwrap();
+    let mapped = SharedMemory::from_sealed_file(file, MEM_BAR_SIZE as usize).unwrap();
     mapped.write(0x1234, b"through the mapping").unwrap();
     let mut back = [0u8; 19];
     c.region_read(2, 0x1234, &mut back).unwrap();
