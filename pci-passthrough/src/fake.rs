@@ -25,8 +25,6 @@ pub const FAKE_BAR0_SIZE: u64 = 1 << 20;
 pub const FAKE_CONFIG_SIZE: u64 = 256;
 /// Size of the fake expansion ROM (when the spec has one).
 pub const FAKE_ROM_SIZE: u64 = 64 << 10;
-/// Size of the memfd mapping made to create the fake device fd.
-const FAKE_PAGE: usize = 4096;
 /// Number of regions of a fake device.
 const FAKE_NUM_REGIONS: u32 = 9;
 /// Number of interrupt indices of a fake device.
@@ -354,12 +352,12 @@ impl HostVfio for FakeVfio {
                 address,
                 source: io::Error::from_raw_os_error(libc::ENOENT),
             })?;
-        // A page of shared memory gives a memfd; the mapping itself is not needed.
-        let mem = mdev::SharedMemory::new(&format!("fake-{address}"), FAKE_PAGE)
+        // Shared memory as large as every region gives a (sealed) memfd standing for the
+        // device fd; its mapping is sparse and not used.
+        let size = u64::from(FAKE_NUM_REGIONS) * FAKE_REGION_STRIDE;
+        let mem = mdev::SharedMemory::new(&format!("fake-{address}"), size as usize)
             .map_err(|e| HostError::io("memfd", e))?;
         let file = mem.file().clone();
-        file.set_len(u64::from(FAKE_NUM_REGIONS) * FAKE_REGION_STRIDE)
-            .map_err(|e| HostError::io("memfd size", e))?;
         Ok(FakeDevice {
             spec,
             file,
