@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use mdev::dma::DmaProt;
 use mdev::irq::{IrqIndexInfo, IrqInfoFlags};
@@ -163,6 +163,7 @@ struct Kernel {
     calls: Vec<Call>,
     failures: HashMap<Op, i32>,
     iommu: BTreeMap<u64, u64>,
+    files: HashMap<PciAddress, Weak<File>>,
 }
 
 /// The fake host VFIO. Clones share one fake kernel.
@@ -209,6 +210,12 @@ impl FakeVfio {
     /// The IOVA ranges mapped in the fake IOMMU (iova → size).
     pub fn iommu(&self) -> BTreeMap<u64, u64> {
         self.lock().iommu.clone()
+    }
+
+    /// The fd of the device last opened at `address`, while the server still holds it: the
+    /// device's memory as the host kernel sees it, reached behind the server's back.
+    pub fn device_file(&self, address: PciAddress) -> Option<Arc<File>> {
+        self.lock().files.get(&address).and_then(Weak::upgrade)
     }
 
     fn record(&self, op: Op, call: Call) -> io::Result<()> {
@@ -360,6 +367,7 @@ impl HostVfio for FakeVfio {
         let file = mem.file().clone();
         file.set_len(u64::from(FAKE_NUM_REGIONS) * FAKE_REGION_STRIDE)
             .map_err(|e| HostError::io("memfd size", e))?;
+        self.lock().files.insert(address, Arc::downgrade(&file));
         Ok(FakeDevice {
             spec,
             file,
