@@ -523,15 +523,15 @@ fn a_default_client_holds_no_handle_on_the_device_after_it_disconnects() {
     assert_eq!(c.read32(BAR0, 0), Ok(0));
     drop(c);
     wait_until("the client's connection closed", || edus.open_count(0) == 0);
-    assert!(
-        handed.is_empty(),
-        "{} fds handed to the client",
-        handed.len()
-    );
     assert_eq!(
         fds_on(device),
         servers_own,
         "nothing on the client's side still refers to the device"
+    );
+    assert!(
+        handed.is_empty(),
+        "{} fds handed to the client",
+        handed.len()
     );
 }
 
