@@ -198,18 +198,19 @@ fn time_mmapped_reads(
     if !RegionFlags::from_bits_truncate(info.flags).contains(RegionFlags::MMAP) {
         return Err("an fd came without the MMAP flag".into());
     }
+    let refused = || format!("offset {offset:#x} is not an aligned, mmap-able word");
+    let end = offset.checked_add(4).ok_or_else(refused)?;
     let in_area = info.sparse_areas.is_empty()
         || info
             .sparse_areas
             .iter()
-            .any(|a| a.offset <= offset && offset + 4 <= a.offset + a.size);
-    if !in_area || offset % 4 != 0 || offset + 4 > info.size {
-        return Err(format!(
-            "offset {offset:#x} is not an aligned, mmap-able word"
-        ));
+            .any(|a| a.offset <= offset && end <= a.offset.saturating_add(a.size));
+    if !in_area || !offset.is_multiple_of(4) || end > info.size {
+        return Err(refused());
     }
+    let at = region_start.checked_add(offset).ok_or_else(refused)?;
     let map = memmap2::MmapOptions::new()
-        .offset(region_start + offset)
+        .offset(at)
         .len(4)
         .map_raw(file)
         .map_err(|e| format!("mmap of the region: {e}"))?;

@@ -231,10 +231,11 @@ pub(crate) fn check_bar0_fd(port: &mut VfioUserPort, expect: Bar0Fd) -> Result<S
             info.flags, info.size
         ));
     };
-    let map = memmap2::MmapOptions::new()
-        .offset(info.offset + EDU_IDENT)
-        .len(4)
-        .map_raw(fd)?;
+    let at = info
+        .offset
+        .checked_add(EDU_IDENT)
+        .ok_or(EduError::BadReply("DEVICE_GET_REGION_INFO"))?;
+    let map = memmap2::MmapOptions::new().offset(at).len(4).map_raw(fd)?;
     // SAFETY: `map` is a live 4-byte shared mapping of the identification register (offset
     // 0 of BAR0, so 4-aligned: the mapping keeps the in-page offset); device memory is read
     // with a volatile load.
