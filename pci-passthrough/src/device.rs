@@ -1,6 +1,7 @@
 //! One host PCI function served as an `mdev::Device`: regions forwarded to the device fd
-//! (mmap-able BARs offered as the fd itself), interrupts forwarded as eventfds, DMA maps
-//! given to the shared IOMMU space, resets under the reset-scope rules.
+//! (every BAR trapped by default; mmap-able BARs offered as the fd itself only to clients the
+//! operator trusts, see [`ClientTrust`]), interrupts forwarded as eventfds, DMA maps given to
+//! the shared IOMMU space, resets under the reset-scope rules.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use mdev::region::{
 use mdev::{ConnectionId, Device, DeviceError, DeviceFlags, Interrupts, SetContext};
 
 use crate::address::PciAddress;
+use crate::client_trust::ClientTrust;
 use crate::dma::IommuSpace;
 use crate::host::{AffectedDevice, HostDevice, HostRegion, HostVfio};
 use crate::irq::{host_layout, IrqForwarder};
@@ -32,17 +34,20 @@ pub struct PassthroughDevice<V: HostVfio> {
     forwarder: IrqForwarder,
     iommu: Arc<IommuSpace<V>>,
     resets: Arc<ResetState>,
+    trust: ClientTrust,
 }
 
 impl<V: HostVfio> PassthroughDevice<V> {
     /// Wraps an opened host device. `scope` is its hot reset scope (empty: none), `resets`
-    /// the state shared by the scope's devices, `iommu` the process's IOMMU space.
+    /// the state shared by the scope's devices, `iommu` the process's IOMMU space, `trust`
+    /// what its clients receive besides protocol replies.
     pub fn new(
         host: Arc<V>,
         device: V::Device,
         scope: Vec<AffectedDevice>,
         iommu: Arc<IommuSpace<V>>,
         resets: Arc<ResetState>,
+        trust: ClientTrust,
     ) -> Self {
         let info = device.info();
         let regions = (0..PCI_NUM_REGIONS.min(info.num_regions))
@@ -60,8 +65,38 @@ impl<V: HostVfio> PassthroughDevice<V> {
             forwarder,
             iommu,
             resets,
+            trust,
             device,
         }
+    }
+
+    /// What this function's clients are trusted with.
+    pub fn client_trust(&self) -> ClientTrust {
+        self.trust
+    }
+
+    /// The BARs the host lets be mapped (whole or in sparse areas). They are offered to
+    /// clients for direct mmap only under [`ClientTrust::TrustedClientMmap`].
+    pub fn host_mmap_able_bars(&self) -> Vec<u32> {
+        (0..ROM_REGION_INDEX)
+            .filter(|&i| self.host_mmap_areas(i).is_some())
+            .collect()
+    }
+
+    /// The parts of BAR `index` the host lets be mapped, when there are any.
+    fn host_mmap_areas(&self, index: u32) -> Option<Vec<SparseArea>> {
+        let r = self.region(index).ok()?;
+        if index >= ROM_REGION_INDEX || !r.flags.contains(RegionFlags::MMAP) {
+            return None;
+        }
+        let areas = match &r.sparse {
+            Some(areas) => areas.clone(),
+            None => vec![SparseArea {
+                offset: 0,
+                size: r.size,
+            }],
+        };
+        (!areas.is_empty()).then_some(areas)
     }
 
     /// The device's address.
@@ -148,16 +183,12 @@ impl<V: HostVfio> Device for PassthroughDevice<V> {
         if index == ROM_REGION_INDEX {
             flags.remove(RegionFlags::WRITE);
         }
-        let mmap_allowed = index < ROM_REGION_INDEX && r.flags.contains(RegionFlags::MMAP);
-        let areas = match (&r.sparse, mmap_allowed) {
-            (_, false) => Vec::new(),
-            (Some(areas), true) => areas.clone(),
-            (None, true) => vec![SparseArea {
-                offset: 0,
-                size: r.size,
-            }],
-        };
-        let mmap = (!areas.is_empty()).then(|| {
+        // The host device fd leaves this process only when the operator opted in: it carries
+        // every device ioctl and outlives the client's connection.
+        let areas = self
+            .host_mmap_areas(index)
+            .filter(|_| self.trust.hands_out_host_fd());
+        let mmap = areas.map(|areas| {
             flags |= RegionFlags::MMAP;
             MmapBacking {
                 file: self.device.file(),
@@ -475,17 +506,62 @@ mod tests {
         assert!(fake.calls().is_empty(), "nothing reached the host");
     }
 
-    #[test]
-    fn mmap_able_bars_are_offered_as_the_device_fd_and_the_rest_trapped() {
+    /// A device whose BAR0 the host lets be mapped, with a ROM, opened with `trust`.
+    fn mmap_able(trust: ClientTrust) -> (FakeVfio, PassthroughDevice<FakeVfio>) {
         let fake = FakeVfio::new();
         fake.add(FakeSpec {
             bar0_mmap: true,
+            rom: true,
             ..FakeSpec::new(addr(3))
         });
-        let (dev, _) = Passthrough::new(Arc::new(fake)).open(addr(3)).unwrap();
+        let (dev, _) = Passthrough::new(Arc::new(fake.clone()))
+            .open_with(addr(3), trust)
+            .unwrap();
+        (fake, dev)
+    }
+
+    /// (device, inode) of an open file.
+    fn identity(file: &File) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata().unwrap();
+        (meta.dev(), meta.ino())
+    }
+
+    #[test]
+    fn by_default_no_region_info_carries_an_mmap_backing_even_for_a_bar_the_host_lets_map() {
+        let (_fake, dev) = mmap_able(ClientTrust::default());
+        assert_eq!(dev.client_trust(), ClientTrust::ProtocolOnly);
+        assert_eq!(dev.host_mmap_able_bars(), [BAR0], "the host would allow it");
+        for index in 0..PCI_NUM_REGIONS + 2 {
+            let info = dev.region_info(index);
+            assert!(info.mmap.is_none(), "region {index} carries the host fd");
+            assert!(
+                !info.flags.contains(RegionFlags::MMAP),
+                "region {index} advertises mmap"
+            );
+        }
+        let bar0 = dev.region_info(BAR0);
+        assert_eq!(bar0.size, FAKE_BAR0_SIZE, "BAR0 is still served");
+        assert_eq!(
+            bar0.flags,
+            RegionFlags::READ | RegionFlags::WRITE,
+            "trapped"
+        );
+    }
+
+    #[test]
+    fn with_trusted_client_mmap_the_mmap_able_bar_carries_the_host_device_fd_and_nothing_else_does()
+    {
+        let (fake, dev) = mmap_able(ClientTrust::TrustedClientMmap);
         let bar0 = dev.region_info(BAR0);
         assert!(bar0.flags.contains(RegionFlags::MMAP));
         let mmap = bar0.mmap.expect("mmap backing");
+        let host = fake.device_file(addr(3)).expect("device open");
+        assert_eq!(
+            identity(&mmap.file),
+            identity(&host),
+            "the client gets the host VFIO device fd itself"
+        );
         assert_eq!(mmap.file_offset, 0);
         assert_eq!(
             mmap.areas,
@@ -494,9 +570,23 @@ mod tests {
                 size: FAKE_BAR0_SIZE
             }]
         );
-        let config = dev.region_info(CONFIG);
-        assert!(config.mmap.is_none() && !config.flags.contains(RegionFlags::MMAP));
-        assert_eq!(dev.region_info(2).size, 0);
+        for index in (1..PCI_NUM_REGIONS).filter(|&i| i != BAR0) {
+            let info = dev.region_info(index);
+            assert!(info.mmap.is_none(), "region {index} carries the host fd");
+            assert!(!info.flags.contains(RegionFlags::MMAP), "region {index}");
+        }
+    }
+
+    #[test]
+    fn trusted_client_mmap_does_not_make_a_bar_the_host_traps_mappable() {
+        let fake = FakeVfio::new();
+        fake.add(FakeSpec::new(addr(3))); // BAR0 not mmap-able on the host
+        let (dev, _) = Passthrough::new(Arc::new(fake))
+            .open_with(addr(3), ClientTrust::TrustedClientMmap)
+            .unwrap();
+        assert!(dev.host_mmap_able_bars().is_empty());
+        let bar0 = dev.region_info(BAR0);
+        assert!(bar0.mmap.is_none() && !bar0.flags.contains(RegionFlags::MMAP));
     }
 
     #[test]
@@ -789,10 +879,9 @@ mod tests {
     fn the_rom_is_read_only_whatever_the_client_tries() {
         let (fake, _sets, h) = single(FakeSpec {
             rom: true,
-            bar0_mmap: true, // only to reach the fake device fd
             ..FakeSpec::new(addr(3))
         });
-        let file = h.lock().region_info(BAR0).mmap.expect("BAR0 mmap").file;
+        let file = fake.device_file(addr(3)).expect("device open");
         let base = u64::from(ROM_REGION_INDEX) * FAKE_REGION_STRIDE;
         file.write_all_at(&[0x55, 0xaa], base).unwrap();
         let mut dev = h.lock();

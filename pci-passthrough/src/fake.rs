@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use mdev::dma::DmaProt;
 use mdev::irq::{IrqIndexInfo, IrqInfoFlags};
@@ -161,6 +161,7 @@ struct Kernel {
     calls: Vec<Call>,
     failures: HashMap<Op, i32>,
     iommu: BTreeMap<u64, u64>,
+    files: HashMap<PciAddress, Weak<File>>,
 }
 
 /// The fake host VFIO. Clones share one fake kernel.
@@ -207,6 +208,12 @@ impl FakeVfio {
     /// The IOVA ranges mapped in the fake IOMMU (iova → size).
     pub fn iommu(&self) -> BTreeMap<u64, u64> {
         self.lock().iommu.clone()
+    }
+
+    /// The fd of the device last opened at `address`, while the server still holds it: the
+    /// device's memory as the host kernel sees it, reached behind the server's back.
+    pub fn device_file(&self, address: PciAddress) -> Option<Arc<File>> {
+        self.lock().files.get(&address).and_then(Weak::upgrade)
     }
 
     fn record(&self, op: Op, call: Call) -> io::Result<()> {
@@ -358,6 +365,7 @@ impl HostVfio for FakeVfio {
         let mem = mdev::SharedMemory::new(&format!("fake-{address}"), size as usize)
             .map_err(|e| HostError::io("memfd", e))?;
         let file = mem.file().clone();
+        self.lock().files.insert(address, Arc::downgrade(&file));
         Ok(FakeDevice {
             spec,
             file,

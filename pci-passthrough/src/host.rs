@@ -122,7 +122,9 @@ pub trait HostDevice: Send + 'static {
     fn reset(&self) -> io::Result<()>;
     /// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`: every device a hot reset would reset.
     fn hot_reset_info(&self) -> io::Result<Vec<AffectedDevice>>;
-    /// The device fd, handed to clients to mmap BARs the host allows to be mapped.
+    /// The device fd. It stays in this process unless the operator trusts clients with it
+    /// ([`crate::ClientTrust::TrustedClientMmap`]): then it is handed to them to mmap the
+    /// BARs the host allows to be mapped.
     fn file(&self) -> Arc<File>;
 }
 

@@ -5,12 +5,16 @@
 //!
 //! ```text
 //!  client ──vfio-user──► mdev server ──► PassthroughDevice ──► HostDevice (device fd)
-//!    config / trapped BARs ............ pread/pwrite at the region's offset
-//!    mmap-able BARs .................. the device fd itself, handed to the client
+//!    config / BARs ................... pread/pwrite at the region's offset (trapped)
+//!    mmap-able BARs, opt-in only ..... the device fd itself, handed to the client
 //!    SET_IRQS eventfds ............... VFIO_DEVICE_SET_IRQS (the kernel signals the client)
 //!    DMA_MAP (fd) .................... mmap here + VFIO_IOMMU_MAP_DMA (IommuSpace, shared)
 //!    DEVICE_RESET / last close ....... FLR, or a hot reset of the reset scope (reset.rs)
 //! ```
+//!
+//! By default a client receives nothing but protocol replies: no host fd, every BAR trapped.
+//! [`ClientTrust::TrustedClientMmap`] (`serve --trusted-client-mmap`) hands a trusted VMM the
+//! host device fd for direct BAR mmap, with every ioctl of that fd, beyond its connection.
 //!
 //! Devices whose hot reset scopes are equal share one `mdev` device set, keyed by the
 //! scope's sorted addresses. The kernel side sits behind [`host::HostVfio`] /
@@ -22,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod client_trust;
 pub mod device;
 pub mod dma;
 pub mod edu;
@@ -34,5 +39,6 @@ pub mod vfio_access;
 pub mod vfio_host;
 
 pub use address::PciAddress;
+pub use client_trust::ClientTrust;
 pub use device::PassthroughDevice;
 pub use passthrough::Passthrough;

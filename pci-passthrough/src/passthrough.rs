@@ -9,6 +9,7 @@ use log::{info, warn};
 use mdev::DeviceSetKey;
 
 use crate::address::PciAddress;
+use crate::client_trust::ClientTrust;
 use crate::device::PassthroughDevice;
 use crate::dma::IommuSpace;
 use crate::host::{HostDevice, HostError, HostVfio};
@@ -36,11 +37,21 @@ impl<V: HostVfio> Passthrough<V> {
         &self.iommu
     }
 
-    /// Opens `address`: the device, and the key of its reset scope (`None` when the host
-    /// offers no hot reset for it: a singleton set).
+    /// Opens `address` for clients trusted with nothing but protocol replies
+    /// ([`ClientTrust::ProtocolOnly`]): the device, and the key of its reset scope (`None`
+    /// when the host offers no hot reset for it: a singleton set).
     pub fn open(
         &self,
         address: PciAddress,
+    ) -> Result<(PassthroughDevice<V>, Option<DeviceSetKey>), HostError> {
+        self.open_with(address, ClientTrust::default())
+    }
+
+    /// Opens `address` as [`Passthrough::open`] does, its clients trusted with `trust`.
+    pub fn open_with(
+        &self,
+        address: PciAddress,
+        trust: ClientTrust,
     ) -> Result<(PassthroughDevice<V>, Option<DeviceSetKey>), HostError> {
         let device = self.host.open(address)?;
         let scope = device.hot_reset_info().unwrap_or_else(|e| {
@@ -67,8 +78,14 @@ impl<V: HostVfio> Passthrough<V> {
             device.info().flr,
             key.as_ref().map_or("none", |k| k.0.as_str())
         );
-        let device =
-            PassthroughDevice::new(self.host.clone(), device, scope, self.iommu.clone(), resets);
+        let device = PassthroughDevice::new(
+            self.host.clone(),
+            device,
+            scope,
+            self.iommu.clone(),
+            resets,
+            trust,
+        );
         Ok((device, key))
     }
 }

@@ -1,14 +1,19 @@
 //! A raw vfio-user client that can send anything, including messages no real client would,
 //! and read replies with a timeout so a server that hangs fails the test instead of it.
 
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::io::{IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
 use mdev::wire::{self, Header, HEADER_SIZE};
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use vm_memory::ByteValued;
+
+/// Room for this many fds with each `recvmsg` of [`RawClient::request_receiving_fds`]; more
+/// fail the test (the kernel would have dropped them).
+const FD_ROOM: usize = 32;
 
 /// A reply as received.
 #[derive(Debug)]
@@ -64,6 +69,60 @@ impl RawClient {
         let r = self.read_reply().expect("reply");
         assert_eq!(r.header.message_id, id, "reply out of order");
         r
+    }
+
+    /// Sends a command and reads its reply with `recvmsg`, keeping every fd that came with
+    /// it (SCM_RIGHTS): what the server handed this client, counted at the socket.
+    pub fn request_receiving_fds(
+        &mut self,
+        command: u16,
+        flags: u32,
+        payload: &[u8],
+    ) -> (Reply, Vec<OwnedFd>) {
+        let id = self.send(command, flags, payload, &[]);
+        let mut fds = Vec::new();
+        let mut header = Header::default();
+        self.recv_keeping_fds(header.as_mut_slice(), &mut fds);
+        let mut body = vec![0u8; (header.message_size as usize).saturating_sub(HEADER_SIZE)];
+        self.recv_keeping_fds(&mut body, &mut fds);
+        assert_eq!(header.message_id, id, "reply out of order");
+        let reply = Reply {
+            header,
+            payload: body,
+        };
+        (reply, fds)
+    }
+
+    /// Fills `buf` from the socket, collecting the fds passed along the way.
+    fn recv_keeping_fds(&mut self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) {
+        let mut got = 0;
+        while got < buf.len() {
+            let mut cmsg = nix::cmsg_space!([RawFd; FD_ROOM]);
+            let mut iov = [IoSliceMut::new(&mut buf[got..])];
+            let msg = recvmsg::<()>(
+                self.sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .expect("recvmsg");
+            assert!(
+                !msg.flags.contains(MsgFlags::MSG_CTRUNC),
+                "more than {FD_ROOM} fds came with one read"
+            );
+            for c in msg.cmsgs().expect("control messages") {
+                if let ControlMessageOwned::ScmRights(raw) = c {
+                    // SAFETY: the kernel just installed each fd in our table for us; nothing
+                    // else owns it.
+                    fds.extend(
+                        raw.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+            }
+            assert!(msg.bytes > 0, "the server closed the connection mid-reply");
+            got += msg.bytes;
+        }
     }
 
     /// Sends a command without waiting; returns its message id.

@@ -1,25 +1,31 @@
 //! pci-passthrough served through real vfio-user sockets, on the fake host VFIO: two edu-like
-//! functions behind one bridge (one reset scope, one IOMMU group, no FLR, an expansion ROM),
-//! so one device set.
+//! functions behind one bridge (one reset scope, one IOMMU group, no FLR, a BAR0 the host lets
+//! be mapped, an expansion ROM), so one device set.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mdev::irq::SetIrqsFlags;
-use mdev::region::{BAR0_REGION_INDEX as BAR0, ROM_REGION_INDEX as ROM};
+use mdev::region::{
+    RegionFlags, BAR0_REGION_INDEX as BAR0, PCI_NUM_REGIONS, ROM_REGION_INDEX as ROM,
+};
 use mdev::server::DeviceServer;
-use mdev::wire::{self, Command, DmaMapMsg, DmaUnmapMsg, Header, SetIrqsMsg, HEADER_SIZE};
+use mdev::wire::{
+    self, Command, DmaMapMsg, DmaUnmapMsg, Header, RegionInfoMsg, SetIrqsMsg, HEADER_SIZE,
+};
 use mdev::{DeviceSets, SharedMemory};
 use mdev_tests::{init_logging, wait_until, RawClient, ScratchDir};
 use pci_passthrough::fake::{
     host_writes, hot_resets, Call, FakeSpec, FakeVfio, FAKE_BAR0_SIZE, FAKE_ROM_SIZE,
 };
 use pci_passthrough::host::HostIrqSet;
-use pci_passthrough::{Passthrough, PciAddress};
+use pci_passthrough::{ClientTrust, Passthrough, PciAddress};
 use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -42,7 +48,12 @@ struct Edus {
 }
 
 impl Edus {
+    /// Both functions served with the default trust.
     fn serve(label: &str) -> Self {
+        Self::serve_with(label, ClientTrust::default())
+    }
+
+    fn serve_with(label: &str, trust: ClientTrust) -> Self {
         init_logging();
         let dir = ScratchDir::new(label);
         let fake = FakeVfio::new();
@@ -50,6 +61,7 @@ impl Edus {
         for a in scope {
             fake.add(FakeSpec {
                 rom: true,
+                bar0_mmap: true, // as vfio-pci reports a real edu's BAR0
                 ..FakeSpec::sharing(a, &scope, GROUP)
             });
         }
@@ -58,7 +70,7 @@ impl Edus {
         let mut servers = Vec::new();
         let mut paths = Vec::new();
         for a in scope {
-            let (device, key) = passthrough.open(a).expect("open");
+            let (device, key) = passthrough.open_with(a, trust).expect("open");
             let handle = sets.register(&a.to_string(), Box::new(device), key);
             let path = dir.join(&format!("{a}.sock"));
             servers.push(DeviceServer::bind(&path, handle).expect("bind"));
@@ -415,4 +427,155 @@ fn a_client_write_to_the_rom_is_refused_and_the_rom_is_readable() {
         0,
         "no ROM write reached the host"
     );
+}
+
+/// DEVICE_GET_REGION_INFO for `index` with room for capabilities: the reply, its fixed part
+/// (when it is not an error) and every fd that came with it.
+fn region_info(c: &mut RawClient, index: u32) -> (Option<RegionInfoMsg>, Vec<File>) {
+    let head = std::mem::size_of::<RegionInfoMsg>();
+    let req = RegionInfoMsg {
+        argsz: (head + 256) as u32,
+        index,
+        ..RegionInfoMsg::default()
+    };
+    let (reply, fds) =
+        c.request_receiving_fds(Command::DeviceGetRegionInfo as u16, 0, req.as_slice());
+    let info = reply
+        .errno()
+        .is_none()
+        .then(|| *RegionInfoMsg::from_slice(&reply.payload[..head]).expect("region info"));
+    (info, fds.into_iter().map(File::from).collect())
+}
+
+/// The inode identity (device, inode) of an open file.
+fn identity(file: &File) -> (u64, u64) {
+    let meta = file.metadata().unwrap();
+    (meta.dev(), meta.ino())
+}
+
+/// How many of this process's fds are open on the file with `identity`: the server's own
+/// handle on the device, plus any a client of this process was handed.
+fn fds_on(identity: (u64, u64)) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+        .filter(|m| (m.dev(), m.ino()) == identity)
+        .count()
+}
+
+#[test]
+fn a_default_client_receives_no_fd_with_any_region_info_and_still_reads_and_writes_bar0() {
+    let edus = Edus::serve("pt-no-fd");
+    let mut c = RawClient::open(&edus.paths[0]);
+    let mut received = 0;
+    // Every region VFIO PCI has, and two past the end (refused, with nothing attached).
+    for index in 0..PCI_NUM_REGIONS + 2 {
+        let (info, fds) = region_info(&mut c, index);
+        received += fds.len();
+        let flags = info.map_or(0, |i| i.flags);
+        assert_eq!(
+            flags & RegionFlags::MMAP.bits(),
+            0,
+            "region {index} advertises mmap"
+        );
+    }
+    assert_eq!(
+        received, 0,
+        "SCM_RIGHTS fds received with region info replies"
+    );
+    let bar0 = region_info(&mut c, BAR0).0.expect("BAR0 info");
+    assert_eq!(bar0.size, FAKE_BAR0_SIZE);
+    assert_eq!(
+        bar0.flags,
+        (RegionFlags::READ | RegionFlags::WRITE).bits(),
+        "BAR0 is trapped"
+    );
+
+    // BAR0 still works, each access forwarded to the host by the server.
+    c.write32(BAR0, 0x10, 0xcafe_f00d).unwrap();
+    assert_eq!(c.read32(BAR0, 0x10), Ok(0xcafe_f00d));
+    assert!(edus.fake.calls().contains(&Call::Write {
+        device: addr(1),
+        offset: 0x10,
+        data: 0xcafe_f00d_u32.to_le_bytes().to_vec(),
+    }));
+    let host = edus.fake.device_file(addr(1)).expect("device open");
+    let mut word = [0u8; 4];
+    host.read_exact_at(&mut word, 0x10).unwrap();
+    assert_eq!(
+        u32::from_le_bytes(word),
+        0xcafe_f00d,
+        "the host device has it"
+    );
+}
+
+#[test]
+fn a_default_client_holds_no_handle_on_the_device_after_it_disconnects() {
+    let edus = Edus::serve("pt-no-handle");
+    let device = identity(&edus.fake.device_file(addr(1)).expect("device open"));
+    let servers_own = fds_on(device);
+    assert_eq!(servers_own, 1, "the server holds the device fd once");
+    let mut c = RawClient::open(&edus.paths[0]);
+    // Everything the client was ever handed, kept past its connection.
+    let handed: Vec<File> = (0..PCI_NUM_REGIONS)
+        .flat_map(|index| region_info(&mut c, index).1)
+        .collect();
+    assert_eq!(c.read32(BAR0, 0), Ok(0));
+    drop(c);
+    wait_until("the client's connection closed", || edus.open_count(0) == 0);
+    assert_eq!(
+        fds_on(device),
+        servers_own,
+        "nothing on the client's side still refers to the device"
+    );
+    assert!(
+        handed.is_empty(),
+        "{} fds handed to the client",
+        handed.len()
+    );
+}
+
+/// The opt-in grant, documented: with `--trusted-client-mmap` the region info of the BAR the
+/// host lets be mapped carries the host VFIO device fd itself, and it stays with the client
+/// after its connection closes (with a real device: every ioctl of it too).
+#[test]
+fn a_trusted_client_mmap_client_is_handed_the_host_device_fd_and_keeps_it_after_disconnecting() {
+    let edus = Edus::serve_with("pt-trusted", ClientTrust::TrustedClientMmap);
+    let device = identity(&edus.fake.device_file(addr(1)).expect("device open"));
+    let servers_own = fds_on(device);
+    let mut c = RawClient::open(&edus.paths[0]);
+    let mut granted = Vec::new();
+    for index in 0..PCI_NUM_REGIONS {
+        let (info, fds) = region_info(&mut c, index);
+        let flags = info.map_or(0, |i| i.flags);
+        if index == BAR0 {
+            assert_eq!(fds.len(), 1, "one fd with BAR0's region info");
+            assert_ne!(flags & RegionFlags::MMAP.bits(), 0, "BAR0 advertises mmap");
+            assert_eq!(
+                info.map(|i| i.offset),
+                Some(0),
+                "BAR0 at offset 0 of the fd"
+            );
+        } else {
+            assert!(fds.is_empty(), "region {index} came with an fd");
+            assert_eq!(flags & RegionFlags::MMAP.bits(), 0, "region {index}");
+        }
+        granted.extend(fds);
+    }
+    let [fd] = <[File; 1]>::try_from(granted).expect("one fd in all");
+    assert_eq!(identity(&fd), device, "it is the host VFIO device fd");
+    drop(c);
+    wait_until("the client's connection closed", || edus.open_count(0) == 0);
+    assert_eq!(
+        fds_on(device),
+        servers_own + 1,
+        "the client keeps its handle on the device"
+    );
+    // The departed client still drives the device, unseen by the server.
+    let writes_seen = host_writes(&edus.fake.calls());
+    fd.write_all_at(&0x0bad_cafe_u32.to_le_bytes(), 0x20)
+        .unwrap();
+    assert_eq!(host_writes(&edus.fake.calls()), writes_seen);
+    let mut next = RawClient::open(&edus.paths[0]);
+    assert_eq!(next.read32(BAR0, 0x20), Ok(0x0bad_cafe));
 }

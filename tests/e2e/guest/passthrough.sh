@@ -3,15 +3,21 @@
 # and drives them over vfio-user with `edu-client`:
 #   - the server reports both functions in ONE device set (their shared secondary-bus reset);
 #   - per function: config id, bus master, BAR0 ident, liveness, factorial, MSI on an eventfd,
-#     a DMA round trip through the (guest's) IOMMU into the client's memory;
+#     a DMA round trip through the (guest's) IOMMU into the client's memory, and no fd with
+#     BAR0's region info (the default trust: BAR0 is mmap-able on the host but served trapped);
 #   - reset rules: with the sibling held open by another client, the set's hot reset is refused
 #     (EBUSY); when that client goes the idle set is hot reset; then a request is done (hot);
-#   - the server exits 0 on SIGTERM and logs no panic, and says it used the group path;
-#   - then `pci-passthrough bench` prints a trapped BAR read timed directly on the VFIO fd
-#     and through passthrough (figures only).
+#   - the server exits 0 on SIGTERM and logs no panic, and says it used the group path and
+#     the default trust for each function;
+#   - the opt-in: a server started with --trusted-client-mmap logs the grant, and its client
+#     receives the host VFIO device fd with BAR0's region info and reads BAR0 through its own
+#     mapping of it (every other check passes too);
+#   - then `pci-passthrough bench` prints a BAR read timed directly on the VFIO fd and through
+#     passthrough, default vs --trusted-client-mmap side by side (figures only).
 
 EDU_ID=1234:11e8
 PT_DIR=/run/pt
+PT_TRUSTED_DIR=/run/pt-trusted
 CHECKS="config-id bus-master ident liveness factorial msi dma"
 
 e2e_info "pci devices (bdf id class driver):"
@@ -48,19 +54,26 @@ e2e_info "set keys: $a -> '$key_a', $b -> '$key_b'"
 e2e_check one-device-set test -n "$key_a" -a "$key_a" = "$key_b"
 e2e_check set-key-names-both sh -c "case ',$key_a,' in *,$a,*) ;; *) exit 1 ;; esac; case ',$key_a,' in *,$b,*) ;; *) exit 1 ;; esac"
 
+# Default trust, said for each function: protocol replies only, BARs trapped.
+e2e_check server-default-trust-logged sh -c \
+  "grep -q '$a: client trust protocol-only (default): clients receive protocol replies only, no host fd' /tmp/pt.err &&
+   grep -q '$b: client trust protocol-only (default): clients receive protocol replies only, no host fd' /tmp/pt.err"
+
 # --- every check through vfio-user, one function after the other ------------------------------
-# run_client TAG SOCKET: edu-client's PASS/FAIL lines become pt-TAG-<check> markers.
+# run_client TAG SOCKET FD_CHECK [EDU_CLIENT_ARGS...]: edu-client's PASS/FAIL lines become
+# pt-TAG-<check> markers, for every device check and FD_CHECK (what came with BAR0's info).
 run_client() {
-  _tag=$1 _sock=$2
-  edu-client vfio-user "$_sock" >/tmp/client-$_tag.out 2>&1; _rc=$?
+  _tag=$1 _sock=$2 _fd_check=$3
+  shift 3
+  edu-client vfio-user "$@" "$_sock" >/tmp/client-$_tag.out 2>&1; _rc=$?
   sed "s/^/E2E-INFO edu-client $_tag: /" /tmp/client-$_tag.out
-  for _c in $CHECKS; do
+  for _c in $CHECKS $_fd_check; do
     e2e_check "pt-$_tag-$_c" grep -q "^PASS $_c: " /tmp/client-$_tag.out
   done
   e2e_check "pt-$_tag-client-exit" test "$_rc" -eq 0
 }
-run_client a "$sock_a"
-run_client b "$sock_b"
+run_client a "$sock_a" bar0-no-host-fd
+run_client b "$sock_b" bar0-no-host-fd
 
 # --- reset rules: the two functions share one hot reset ---------------------------------------
 edu-client hold "$sock_b" >/tmp/hold.out 2>&1 &
@@ -103,12 +116,35 @@ e2e_check server-no-failed-reset sh -c "! grep -q 'reset of the idle set failed\
 e2e_check server-group-path-logged grep -q "$a: VFIO group .*: using the group + type1 container path" /tmp/pt.err
 e2e_info "vfio access: $(grep -h ': VFIO group\|: VFIO no group' /tmp/pt.err | sed 's/.*\] //' | tr '\n' ';')"
 
-# --- benchmark: a trapped BAR read, directly on the VFIO device fd vs through passthrough ------
-# The server is gone, so the group is free: `bench` opens the function itself, times reads of
-# the edu identification register (BAR0+0) on the device fd, then serves it and times the same
-# read by a vfio-user client. Figures are printed (E2E-INFO bench:), never judged: TCG timing.
+# --- the opt-in: --trusted-client-mmap hands the client the host VFIO device fd ----------------
+pci-passthrough serve --trusted-client-mmap --dir "$PT_TRUSTED_DIR" "$a" \
+  >/tmp/ptt.out 2>/tmp/ptt.err &
+tserver=$!
+trusted_listed() { grep -q "^$a .* set=" /tmp/ptt.out; }
+_t=100; while ! trusted_listed && [ $_t -gt 0 ]; do sleep 0.1; _t=$((_t - 1)); done
+e2e_check trusted-server-listening trusted_listed
+e2e_check trusted-grant-logged grep -q \
+  "$a: client trust trusted-client-mmap (opt-in): every client receives the host VFIO device fd with the region info of BAR0" \
+  /tmp/ptt.err
+run_client trusted-a "$PT_TRUSTED_DIR/$a.sock" bar0-host-fd-granted --expect-bar0-fd granted
+kill -TERM "$tserver"
+_t=100; while kill -0 "$tserver" 2>/dev/null && [ $_t -gt 0 ]; do sleep 0.1; _t=$((_t - 1)); done
+kill -0 "$tserver" 2>/dev/null && { e2e_fail trusted-server-stops "still running 10 s after SIGTERM"; kill -9 "$tserver"; }
+wait "$tserver"; rc=$?
+sed 's/^/E2E-INFO trusted server: /' /tmp/ptt.err
+e2e_check trusted-server-exit-0 test "$rc" -eq 0
+e2e_check trusted-server-no-panic sh -c "! grep -q panicked /tmp/ptt.err"
+
+# --- benchmark: a BAR read, directly on the VFIO device fd vs through passthrough -------------
+# The servers are gone, so the group is free: `bench` opens the function itself, times reads
+# of the edu identification register (BAR0+0) on the device fd, then serves it and times the
+# same read by a vfio-user client: once with the default trust (trapped), once with
+# --trusted-client-mmap (trapped, and through the client's own mapping of the granted fd).
+# Figures are printed (E2E-INFO bench:), never judged: TCG timing.
 pci-passthrough bench --dir /run/pt-bench --iterations "${BENCH_READS:-10000}" "$a" \
   >/tmp/bench.out 2>/tmp/bench.err; _rc=$?
 sed 's/^/E2E-INFO bench: /' /tmp/bench.out
 [ "$_rc" -eq 0 ] || sed 's/^/E2E-INFO bench stderr: /' /tmp/bench.err
-e2e_check bench-ran sh -c "[ $_rc -eq 0 ] && grep -q 'through passthrough' /tmp/bench.out"
+e2e_check bench-ran sh -c "[ $_rc -eq 0 ] && grep -q 'trapped REGION_READ through passthrough' /tmp/bench.out"
+e2e_check bench-default-no-fd grep -q 'default (protocol only) *host fd to client: none ' /tmp/bench.out
+e2e_check bench-trusted-fd-granted grep -q -e '--trusted-client-mmap *host fd to client: granted ' /tmp/bench.out

@@ -3,11 +3,13 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use mdev::region::{RegionFlags, BAR0_REGION_INDEX};
 use mdev::SharedMemory;
 use pci_passthrough::edu::*;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::port::{EduError, EduPort};
+use crate::port::{EduError, EduPort, VfioUserPort};
+use crate::Bar0Fd;
 
 /// PCI command register and its bits.
 const PCI_COMMAND: u64 = mdev::pci::PCI_COMMAND as u64;
@@ -30,12 +32,12 @@ const POLL_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Counts and prints check results.
 #[derive(Default)]
-struct Report {
+pub(crate) struct Report {
     failed: usize,
 }
 
 impl Report {
-    fn check(&mut self, name: &str, result: Result<String, EduError>) {
+    pub(crate) fn check(&mut self, name: &str, result: Result<String, EduError>) {
         match result {
             Ok(detail) => println!("PASS {name}: {detail}"),
             Err(e) => {
@@ -45,7 +47,7 @@ impl Report {
         }
     }
 
-    fn verdict(&self, what: &str) -> ExitCode {
+    pub(crate) fn verdict(&self, what: &str) -> ExitCode {
         if self.failed == 0 {
             println!("PASS {what}");
             ExitCode::SUCCESS
@@ -199,7 +201,61 @@ fn check_dma(port: &mut dyn EduPort) -> Result<String, EduError> {
     Ok(format!("{DMA_LEN} bytes via iova {DMA_IOVA:#x} and back"))
 }
 
-pub(crate) fn run_checks(port: &mut dyn EduPort, what: &str) -> ExitCode {
+/// What came with BAR0's region info, against what the server's trust calls for: nothing
+/// by default; with `--trusted-client-mmap`, the host VFIO device fd, which this client then
+/// maps to read the identification register itself.
+pub(crate) fn check_bar0_fd(port: &mut VfioUserPort, expect: Bar0Fd) -> Result<String, EduError> {
+    let (info, fds) = port.region_info(BAR0_REGION_INDEX)?;
+    let mmap_flag = info.flags & RegionFlags::MMAP.bits() != 0;
+    let want_fds = match expect {
+        Bar0Fd::None => 0,
+        Bar0Fd::Granted => 1,
+    };
+    if fds.len() != want_fds {
+        return Err(EduError::Mismatch {
+            what: "fds with BAR0's region info",
+            got: fds.len() as u64,
+            want: want_fds as u64,
+        });
+    }
+    if mmap_flag != (expect == Bar0Fd::Granted) {
+        return Err(EduError::Mismatch {
+            what: "MMAP flag of BAR0",
+            got: mmap_flag.into(),
+            want: (expect == Bar0Fd::Granted).into(),
+        });
+    }
+    let Some(fd) = fds.first() else {
+        return Ok(format!(
+            "BAR0 region info (flags {:#x}, {} bytes) came with no fd: trapped",
+            info.flags, info.size
+        ));
+    };
+    let at = info
+        .offset
+        .checked_add(EDU_IDENT)
+        .ok_or(EduError::BadReply("DEVICE_GET_REGION_INFO"))?;
+    let map = memmap2::MmapOptions::new().offset(at).len(4).map_raw(fd)?;
+    // SAFETY: `map` is a live 4-byte shared mapping of the identification register (offset
+    // 0 of BAR0, so 4-aligned: the mapping keeps the in-page offset); device memory is read
+    // with a volatile load.
+    let ident = unsafe { map.as_ptr().cast::<u32>().read_volatile() };
+    if ident != EDU_IDENT_VALUE {
+        return Err(EduError::Mismatch {
+            what: "identification register through the granted fd",
+            got: ident.into(),
+            want: EDU_IDENT_VALUE.into(),
+        });
+    }
+    Ok(format!(
+        "BAR0 region info (flags {:#x}) came with the host VFIO device fd; ident {ident:#010x} \
+         read through this client's own mapping of it",
+        info.flags
+    ))
+}
+
+/// Every device check, reported into a new report.
+pub(crate) fn run_checks(port: &mut dyn EduPort) -> Report {
     let mut report = Report::default();
     report.check("config-id", check_ids(port));
     report.check("bus-master", enable_bus_master(port));
@@ -208,5 +264,5 @@ pub(crate) fn run_checks(port: &mut dyn EduPort, what: &str) -> ExitCode {
     report.check("factorial", check_factorial(port));
     report.check("msi", check_msi(port));
     report.check("dma", check_dma(port));
-    report.verdict(what)
+    report
 }

@@ -1,7 +1,9 @@
 //! `edu-client`: the guest-side program of the nested passthrough test. It drives QEMU's
 //! `edu` device either directly through the kernel's VFIO (`vfio ADDRESS`) or through
 //! `pci-passthrough serve` over vfio-user (`vfio-user SOCKET`), and prints one `PASS`/`FAIL`
-//! line per check: identification, liveness, factorial, MSI on an eventfd, DMA round trip.
+//! line per check: identification, liveness, factorial, MSI on an eventfd, DMA round trip;
+//! over vfio-user also whether a host fd came with BAR0's region info (`bar0-no-host-fd`, the
+//! default; `bar0-host-fd-granted` against `serve --trusted-client-mmap`).
 //! `hold` keeps a device open (a second owner) and `reset` checks the reset rules.
 //!
 //! Build it static to run in a busybox guest:
@@ -18,7 +20,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use pci_passthrough::PciAddress;
 
-use crate::checks::{run_checks, wait_for};
+use crate::checks::{check_bar0_fd, run_checks, wait_for};
 use crate::port::{KernelPort, VfioUserPort};
 
 #[derive(Parser)]
@@ -42,6 +44,10 @@ enum Mode {
     VfioUser {
         /// The function's vfio-user socket.
         socket: PathBuf,
+        /// What must come with BAR0's region info: no fd (the server's default), or the host
+        /// device fd (a server started with --trusted-client-mmap).
+        #[arg(long, value_enum, default_value_t = Bar0Fd::None)]
+        expect_bar0_fd: Bar0Fd,
     },
     /// Opens the device over vfio-user and holds it open until killed.
     Hold {
@@ -58,6 +64,25 @@ enum Mode {
     },
 }
 
+/// What a client is handed with BAR0's region info.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Bar0Fd {
+    /// Nothing: BAR0 is trapped, no host fd leaves the server.
+    None,
+    /// The host VFIO device fd, for direct mmap of BAR0.
+    Granted,
+}
+
+impl Bar0Fd {
+    /// The name of the check.
+    fn check_name(self) -> &'static str {
+        match self {
+            Bar0Fd::None => "bar0-no-host-fd",
+            Bar0Fd::Granted => "bar0-host-fd-granted",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Expect {
     /// The reset is done.
@@ -70,17 +95,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Mode::Vfio { address } => match KernelPort::open(address) {
-            Ok(mut port) => run_checks(&mut port, &format!("edu {address} via vfio")),
+            Ok(mut port) => run_checks(&mut port).verdict(&format!("edu {address} via vfio")),
             Err(e) => {
                 println!("FAIL open {address} via vfio: {e}");
                 ExitCode::FAILURE
             }
         },
-        Mode::VfioUser { socket } => match VfioUserPort::connect(&socket) {
-            Ok(mut port) => run_checks(
-                &mut port,
-                &format!("edu {} via vfio-user", socket.display()),
-            ),
+        Mode::VfioUser {
+            socket,
+            expect_bar0_fd,
+        } => match VfioUserPort::connect(&socket) {
+            Ok(mut port) => {
+                let mut report = run_checks(&mut port);
+                report.check(
+                    expect_bar0_fd.check_name(),
+                    check_bar0_fd(&mut port, expect_bar0_fd),
+                );
+                report.verdict(&format!("edu {} via vfio-user", socket.display()))
+            }
             Err(e) => {
                 println!("FAIL open {}: {e}", socket.display());
                 ExitCode::FAILURE

@@ -1,6 +1,7 @@
 //! How `edu-client` reaches the device: the kernel's VFIO ([`KernelPort`]) or a vfio-user
 //! connection to `pci-passthrough serve` ([`VfioUserPort`]), behind one trait the checks use.
 
+use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -21,6 +22,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// Capabilities sent with VERSION.
 const CLIENT_CAPS: &[u8] = b"{\"capabilities\":{\"max_msg_fds\":8}}\0";
+/// Room offered for a region's capability chain (sparse mmap areas).
+const REGION_INFO_CAPS_ROOM: usize = 256;
 /// How long to wait for a server's reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -186,6 +189,18 @@ impl VfioUserPort {
         parts: &[&[u8]],
         fds: &[RawFd],
     ) -> Result<Vec<u8>, EduError> {
+        Ok(self.request_message(what, command, parts, fds)?.payload)
+    }
+
+    /// Sends one command and returns its whole reply, fds included, or the errno of an error
+    /// reply.
+    fn request_message(
+        &mut self,
+        what: &'static str,
+        command: Command,
+        parts: &[&[u8]],
+        fds: &[RawFd],
+    ) -> Result<wire::Message, EduError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
         let size = HEADER_SIZE + parts.iter().map(|p| p.len()).sum::<usize>();
@@ -209,7 +224,34 @@ impl VfioUserPort {
                 errno: reply.header.error as i32,
             });
         }
-        Ok(reply.payload)
+        Ok(reply)
+    }
+
+    /// DEVICE_GET_REGION_INFO for `index`: the fixed part of the reply and every fd the
+    /// server attached to it.
+    pub(crate) fn region_info(
+        &mut self,
+        index: u32,
+    ) -> Result<(wire::RegionInfoMsg, Vec<File>), EduError> {
+        let head = std::mem::size_of::<wire::RegionInfoMsg>();
+        let req = wire::RegionInfoMsg {
+            argsz: (head + REGION_INFO_CAPS_ROOM) as u32,
+            index,
+            ..wire::RegionInfoMsg::default()
+        };
+        let reply = self.request_message(
+            "DEVICE_GET_REGION_INFO",
+            Command::DeviceGetRegionInfo,
+            &[req.as_slice()],
+            &[],
+        )?;
+        let info = reply
+            .payload
+            .get(..head)
+            .and_then(wire::RegionInfoMsg::from_slice)
+            .copied()
+            .ok_or(EduError::BadReply("DEVICE_GET_REGION_INFO"))?;
+        Ok((info, reply.fds))
     }
 
     fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), EduError> {
