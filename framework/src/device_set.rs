@@ -528,3 +528,96 @@ impl Drop for DeviceHandle {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::region::RegionInfo;
+
+    struct Quiet {
+        irqs: Arc<Interrupts>,
+        resets: Arc<AtomicU64>,
+    }
+
+    impl Device for Quiet {
+        fn region_info(&self, _index: u32) -> RegionInfo {
+            RegionInfo::absent()
+        }
+        fn interrupts(&self) -> &Arc<Interrupts> {
+            &self.irqs
+        }
+        fn read(&mut self, _: u32, _: u64, _: &mut [u8]) -> Result<(), DeviceError> {
+            Ok(())
+        }
+        fn write(&mut self, _: u32, _: u64, _: &[u8]) -> Result<(), DeviceError> {
+            Ok(())
+        }
+        fn reset(&mut self, _ctx: &SetContext) -> Result<(), DeviceError> {
+            self.resets.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    fn quiet() -> (Arc<DeviceHandle>, Arc<AtomicU64>) {
+        let resets = Arc::new(AtomicU64::new(0));
+        let dev = Quiet {
+            irqs: Arc::new(Interrupts::new(true, 1, 0)),
+            resets: resets.clone(),
+        };
+        (DeviceSets::new().register("q", Box::new(dev), None), resets)
+    }
+
+    const VMM_A: OwnerId = OwnerId(100);
+    const VMM_B: OwnerId = OwnerId(200);
+    const VIEWER: OwnerId = OwnerId(300);
+
+    #[test]
+    fn a_reset_is_refused_while_another_client_drives_the_device() {
+        let (h, resets) = quiet();
+        let (a, b) = (ConnectionId(1), ConnectionId(2));
+        h.open(a, VMM_A).unwrap();
+        h.open(b, VMM_B).unwrap();
+        h.set_driving(a, true);
+        h.set_driving(b, true);
+        let e = h.reset(VMM_B).unwrap_err();
+        assert_eq!(e.errno(), libc::EBUSY);
+        assert_eq!(
+            resets.load(Ordering::Relaxed),
+            0,
+            "the device was not touched"
+        );
+        // Once the other VMM stops driving (it left), the reset goes through.
+        h.close(a);
+        h.reset(VMM_B).unwrap();
+        assert_eq!(resets.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_passive_client_never_blocks_a_vmm_reset() {
+        let (h, resets) = quiet();
+        h.open(ConnectionId(1), VIEWER).unwrap();
+        h.open(ConnectionId(2), VMM_A).unwrap();
+        h.set_driving(ConnectionId(2), true);
+        h.reset(VMM_A).unwrap();
+        // Several connections of one client process are one owner.
+        h.open(ConnectionId(3), VMM_A).unwrap();
+        h.set_driving(ConnectionId(3), true);
+        h.reset(VMM_A).unwrap();
+        assert_eq!(resets.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_leaving_device_refuses_opens_and_a_held_one_is_not_retired() {
+        let (h, _) = quiet();
+        h.open(ConnectionId(1), VMM_A).unwrap();
+        let holders = h.retire(false).unwrap_err();
+        assert_eq!(holders[0].owner, VMM_A);
+        h.open(ConnectionId(2), VMM_B).unwrap();
+        h.close(ConnectionId(1));
+        h.close(ConnectionId(2));
+        h.retire(false).unwrap();
+        let e = h.open(ConnectionId(3), VMM_B).unwrap_err();
+        assert_eq!(e.errno(), libc::ENODEV);
+        assert_eq!(h.open_count(), 0);
+    }
+}

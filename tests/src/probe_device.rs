@@ -79,6 +79,16 @@ pub struct ProbeOptions {
     pub hook_time: Option<Duration>,
     /// When set, `open_device` waits here until every party has arrived.
     pub rendezvous: Option<Arc<Rendezvous>>,
+    /// Number of upcoming `open_device` calls that panic.
+    pub panic_opens: Arc<AtomicUsize>,
+    /// Number of upcoming `close_device` calls that panic.
+    pub panic_closes: Arc<AtomicUsize>,
+}
+
+/// Takes one from `n` if it is not zero; true when it did.
+fn take_one(n: &AtomicUsize) -> bool {
+    n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 /// A meeting point with a deadline: `n` parties each call [`Rendezvous::arrive`] and it returns
@@ -280,12 +290,10 @@ impl Device for ProbeDevice {
         if let Some(r) = &self.opts.rendezvous {
             r.arrive();
         }
-        let fail = self
-            .opts
-            .fail_opens
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .is_ok();
-        if fail {
+        if take_one(&self.opts.panic_opens) {
+            panic!("probe {}: open_device panics as asked", self.name);
+        }
+        if take_one(&self.opts.fail_opens) {
             self.log
                 .push(HookEvent::OpenEnd(format!("{}:failed", self.name)));
             return Err(DeviceError::Io(std::io::Error::from_raw_os_error(
@@ -300,6 +308,9 @@ impl Device for ProbeDevice {
     fn close_device(&mut self, _ctx: &SetContext) {
         self.log.push(HookEvent::CloseStart(self.name.clone()));
         self.pause();
+        if take_one(&self.opts.panic_closes) {
+            panic!("probe {}: close_device panics as asked", self.name);
+        }
         self.log.push(HookEvent::CloseEnd(self.name.clone()));
     }
 

@@ -609,3 +609,250 @@ fn connections_past_the_limit_are_refused_and_the_rest_keep_working() {
         f.server.handle().open_count() == 0
     });
 }
+
+/// Open fds of this process that refer to the memfd named `name` (the server runs in this
+/// process, so the fds it received are counted too; other tests' fds are not).
+fn fds_named(name: &str) -> usize {
+    let want = format!("/memfd:{name} (deleted)");
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy() == want)
+        .count()
+}
+
+#[test]
+fn fds_past_the_limit_on_any_command_get_an_error_and_leave_no_fd_behind() {
+    let f = fixture();
+    let name = "fd-flood";
+    let memfd = std::fs::File::from(
+        nix::sys::memfd::memfd_create(c"fd-flood", nix::sys::memfd::MemFdCreateFlag::empty())
+            .unwrap(),
+    );
+    let flood = vec![memfd.as_raw_fd(); wire::MAX_MSG_FDS as usize + 8];
+    let dma = wire::DmaMapMsg {
+        argsz: 32,
+        flags: 3,
+        offset: 0,
+        address: 0x10_0000,
+        size: 0x1000,
+    };
+    let info = wire::DeviceInfoMsg {
+        argsz: 16,
+        ..Default::default()
+    };
+    let version = {
+        let mut v = wire::VersionMsg { major: 0, minor: 1 }.as_slice().to_vec();
+        v.extend_from_slice(b"{}\0");
+        v
+    };
+    let cases: [(&str, Command, Vec<u8>); 3] = [
+        ("VERSION", Command::Version, version),
+        (
+            "DEVICE_GET_INFO",
+            Command::DeviceGetInfo,
+            info.as_slice().to_vec(),
+        ),
+        ("DMA_MAP", Command::DmaMap, dma.as_slice().to_vec()),
+    ];
+    for (what, cmd, payload) in cases {
+        for _ in 0..10 {
+            let mut c = if cmd == Command::Version {
+                RawClient::connect(&f.path)
+            } else {
+                RawClient::open(&f.path)
+            };
+            c.send(cmd as u16, 0, &payload, &flood);
+            let r = c.read_reply();
+            assert!(
+                r.as_ref().is_some_and(|r| r.errno().is_some()),
+                "{what}: an error reply, got {:?}",
+                r.map(|r| r.header)
+            );
+            assert!(c.closed_by_server(), "{what}: the stream cannot be trusted");
+        }
+        wait_until("every flooded fd closed by the server", || {
+            fds_named(name) == 1
+        });
+    }
+    wait_until("every open released", || {
+        f.server.handle().open_count() == 0
+    });
+    assert_in_sync(&mut RawClient::open(&f.path));
+}
+
+#[test]
+fn an_interrupt_eventfd_made_blocking_and_full_stalls_no_other_client() {
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+    let f = fixture();
+    let mut hostile = RawClient::open(&f.path);
+    let efd = EventFd::new(EFD_NONBLOCK).unwrap();
+    let set_intx = wire::SetIrqsMsg {
+        argsz: 20,
+        flags: 0x24,
+        index: 0,
+        start: 0,
+        count: 1,
+    };
+    let r = hostile.request(
+        Command::DeviceSetIrqs as u16,
+        0,
+        set_intx.as_slice(),
+        &[efd.as_raw_fd()],
+    );
+    assert_eq!(r.errno(), None);
+    // The client clears O_NONBLOCK on the file description it shares with the server and
+    // fills the counter: a write to it now blocks.
+    // SAFETY: fcntl on an fd `efd` owns; no memory is touched.
+    unsafe {
+        let fl = libc::fcntl(efd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(efd.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+    }
+    efd.write(u64::MAX - 1).unwrap();
+    // Another client, also routing INTx, raises the line again and again.
+    let mut other = RawClient::open(&f.path);
+    let mine = EventFd::new(EFD_NONBLOCK).unwrap();
+    let r = other.request(
+        Command::DeviceSetIrqs as u16,
+        0,
+        set_intx.as_slice(),
+        &[mine.as_raw_fd()],
+    );
+    assert_eq!(r.errno(), None);
+    let unmask = wire::SetIrqsMsg {
+        flags: 0x11, // DATA_NONE | ACTION_UNMASK
+        ..set_intx
+    };
+    for _ in 0..20 {
+        other
+            .write32(0, mdev_tests::probe_device::REG_IRQ_LINE, 1)
+            .unwrap();
+        assert_eq!(mdev_tests::wait_event(&mine), 1, "its interrupt arrives");
+        other
+            .write32(0, mdev_tests::probe_device::REG_IRQ_LINE, 0)
+            .unwrap();
+        let r = other.request(Command::DeviceSetIrqs as u16, 0, unmask.as_slice(), &[]);
+        assert_eq!(r.errno(), None);
+    }
+    // Every kind of request still answers, for everyone.
+    let info = wire::DeviceInfoMsg {
+        argsz: 16,
+        ..Default::default()
+    };
+    assert_eq!(
+        other
+            .request(Command::DeviceGetInfo as u16, 0, info.as_slice(), &[])
+            .errno(),
+        None
+    );
+    assert_in_sync(&mut other);
+    assert_in_sync(&mut hostile);
+    // The hostile client leaves (its eventfd still full and blocking): nothing stays stuck.
+    drop(hostile);
+    wait_until("hostile connection released", || {
+        f.server.handle().open_count() == 1
+    });
+    other
+        .write32(0, mdev_tests::probe_device::REG_IRQ_LINE, 1)
+        .unwrap();
+    assert_eq!(mdev_tests::wait_event(&mine), 1);
+    assert_in_sync(&mut RawClient::open(&f.path));
+}
+
+#[test]
+fn stalled_half_messages_are_closed_after_the_bound_and_free_their_slots() {
+    let f = fixture();
+    f.server
+        .set_message_timeout(std::time::Duration::from_millis(300));
+    let mut idle = RawClient::open(&f.path);
+    let stalled: Vec<RawClient> = (0..63)
+        .map(|i| {
+            let mut c = RawClient::connect(&f.path);
+            match i % 3 {
+                // Half a VERSION header.
+                0 => c.send_raw(&[0u8; HEADER_SIZE / 2]),
+                // A VERSION header announcing a payload that never comes.
+                1 => c.send_raw(
+                    Header {
+                        command: Command::Version as u16,
+                        message_size: 64,
+                        ..Default::default()
+                    }
+                    .as_slice(),
+                ),
+                // Nothing at all.
+                _ => {}
+            }
+            c
+        })
+        .collect();
+    wait_until("all 64 connections accepted", || {
+        f.server.connections() == 64
+    });
+    // Negotiated clients may idle between messages as long as they like, and one that
+    // starts a message and stalls is closed: all 63 stalled slots come free.
+    wait_until("stalled connections closed", || f.server.connections() == 1);
+    assert_in_sync(&mut idle);
+    let mut late = RawClient::open(&f.path);
+    let r = late.request(
+        Command::DeviceGetInfo as u16,
+        0,
+        wire::DeviceInfoMsg {
+            argsz: 16,
+            ..Default::default()
+        }
+        .as_slice(),
+        &[],
+    );
+    assert_eq!(r.errno(), None);
+    // A client that stalls halfway through a later message is closed too.
+    idle.send_raw(&[0u8; 5]);
+    assert!(idle.closed_by_server());
+    drop(stalled);
+    wait_until("every open released", || {
+        f.server.handle().open_count() == 1
+    });
+}
+
+#[test]
+fn panicking_open_and_close_hooks_cost_one_client_and_leak_no_slot() {
+    init_logging();
+    let dir = ScratchDir::new("hookpanic");
+    let log = HookLog::default();
+    let sets = DeviceSets::new();
+    let opts = ProbeOptions::default();
+    let served = serve_probe(&sets, &dir, "dev", &log, opts.clone(), None);
+    let (server, path) = (served.server, served.path);
+    server.set_max_connections(64);
+    // A panicking open_device fails that client's VERSION with EIO.
+    opts.panic_opens
+        .store(3, std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..3 {
+        let mut c = RawClient::connect(&path);
+        assert_eq!(c.version(b"{}\0").errno(), Some(libc::EIO as u32));
+    }
+    wait_until("failed opens released their slots", || {
+        server.connections() == 0
+    });
+    assert_eq!(server.handle().open_count(), 0);
+    // A panicking close_device still releases the open and the slot.
+    opts.panic_closes
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    drop(RawClient::open(&path));
+    wait_until("panicked close released", || {
+        server.connections() == 0 && server.handle().open_count() == 0
+    });
+    // Every slot is still there: 64 clients at once all get in and work.
+    let mut all: Vec<RawClient> = (0..64).map(|_| RawClient::open(&path)).collect();
+    assert_eq!(server.handle().open_count(), 64);
+    for c in &mut all {
+        assert_in_sync(c);
+    }
+    drop(all);
+    wait_until("all closed", || server.handle().open_count() == 0);
+    assert_eq!(
+        log.opens("dev"),
+        log.closes("dev") + 1,
+        "one close panicked"
+    );
+}

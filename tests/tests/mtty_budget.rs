@@ -84,11 +84,44 @@ fn an_open_instance_is_busy_until_forced_and_its_ports_come_back() {
     let handle = h.parent.handle(info.uuid).unwrap();
     wait_until("open", || handle.open_count() == 1);
     drop(handle);
-    assert_eq!(
-        h.parent.remove(info.uuid, false).unwrap_err().errno(),
-        libc::EBUSY
+    let busy = h.parent.remove(info.uuid, false).unwrap_err();
+    assert_eq!(busy.errno(), libc::EBUSY);
+    let me = std::process::id();
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    assert!(
+        busy.to_string().contains(&format!("pid {me}, uid {uid}")),
+        "the refusal names who holds it: {busy}"
     );
+    let listed = h.parent.instances();
+    let holders = &listed[0].holders;
+    assert_eq!(holders.len(), 1);
+    assert_eq!((holders[0].pid, holders[0].uid), (me, Some(uid)));
+    assert!(
+        !holders[0].driving,
+        "a client that only negotiated is passive"
+    );
+    // The refused remove left the instance whole: it still serves new clients.
+    let mut again = RawClient::open(&info.socket);
+    assert!(again.read32(0, 0).is_ok());
     h.parent.remove(info.uuid, true).unwrap();
+    assert_eq!(h.driver.budget().free(), 24);
+}
+
+#[test]
+fn a_client_arriving_during_a_remove_is_refused_not_accepted_then_closed() {
+    let h = harness(24);
+    let info = h.create("mtty-1", &[]);
+    let handle = h.parent.handle(info.uuid).unwrap();
+    // The remove's first step (check idle, refuse new opens) is taken: a client that
+    // connects now is turned away at VERSION with ENODEV.
+    handle.retire(false).unwrap();
+    let mut late = RawClient::connect(&info.socket);
+    let r = late.version(b"{}\0");
+    assert_eq!(r.errno(), Some(libc::ENODEV as u32));
+    assert_eq!(handle.open_count(), 0);
+    drop(handle);
+    h.parent.remove(info.uuid, false).unwrap();
     assert_eq!(h.driver.budget().free(), 24);
 }
 

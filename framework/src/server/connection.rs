@@ -165,7 +165,7 @@ fn negotiate(
         rest: timeout,
     };
     let msg = wire::read_message_within(sock, &deadlines).map_err(|e| {
-        if let WireError::BadSize(_) = e {
+        if let WireError::BadSize(_) | WireError::TooManyFds(_) = e {
             let _ = wire::send_error(sock, &wire::Header::default(), e.errno());
         }
         e.to_string()
