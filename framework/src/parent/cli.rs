@@ -404,16 +404,22 @@ fn list_defined(dir: &Path, defs: &Path) -> Result<DefinedListing, ControlError>
 /// What a client subcommand produced: the document `--json` prints, and the text printed
 /// otherwise.
 struct Outcome {
-    json: serde_json::Value,
+    json: String,
     text: String,
 }
 
 impl Outcome {
     fn new<T: Serialize>(value: &T, text: String) -> Result<Self, ControlError> {
-        let json = serde_json::to_value(value)
+        let json = serde_json::to_string(value)
             .map_err(|e| ControlError::new(libc::EINVAL, format!("cannot encode: {e}")))?;
         Ok(Outcome { json, text })
     }
+}
+
+/// `{"error": {"errno": …, "name": …, "message": …}}`, what a failure prints with `--json`.
+#[derive(Serialize)]
+struct ErrorDocument<'a> {
+    error: &'a ControlError,
 }
 
 /// `{"uuid": …, "file": …}`, what `undefine --json` prints.
@@ -473,8 +479,11 @@ pub fn run(
             print!("{}", out.text);
             0
         }
-        Err(e) if json => {
-            println!("{}", serde_json::json!({ "error": e }));
+        Err(error) if json => {
+            match serde_json::to_string(&ErrorDocument { error: &error }) {
+                Ok(doc) => println!("{doc}"),
+                Err(_) => eprintln!("{driver_name}: {error}"),
+            }
             1
         }
         Err(e) => {

@@ -81,42 +81,34 @@ fn serve_one(service: &Service, stream: UnixStream) -> io::Result<()> {
     Ok(())
 }
 
-/// The control socket server of a parent. Dropping it stops it and removes the socket.
-pub struct ControlServer {
-    path: PathBuf,
-    owns_file: bool,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+/// A bound control socket, not yet answered: connections queue until a [`ControlServer`]
+/// serves it. `serve` binds it first (so a second parent on the same directory fails before
+/// touching anything) and serves it once its start-up instances exist, so a client that
+/// connects early is answered with them in place.
+pub struct ControlSocket {
+    listener: UnixListener,
+    file: SocketFile,
 }
 
-impl ControlServer {
-    /// Serves `parent`'s control socket in its directory, without definitions (`start`
-    /// answers ENOTSUP).
-    pub fn start(parent: Arc<Parent>) -> io::Result<Self> {
-        Self::start_on(parent, None, None)
-    }
+/// The socket's file, removed on drop when this process bound it.
+struct SocketFile {
+    path: PathBuf,
+    owned: bool,
+}
 
-    /// Serves `parent`'s control socket, starting defined instances from `definitions` on
-    /// request, on `listener` (passed in by the service manager; its file is left alone at
-    /// shutdown), or on `DIR/control.sock` when there is none.
-    pub fn start_on(
-        parent: Arc<Parent>,
-        definitions: Option<DefinitionStore>,
-        listener: Option<UnixListener>,
-    ) -> io::Result<Self> {
-        let service = Service {
-            parent,
-            definitions,
-        };
-        if let Some(listener) = listener {
-            let path = listener
-                .local_addr()?
-                .as_pathname()
-                .map(Path::to_path_buf)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "unnamed socket"))?;
-            return Self::serve(service, listener, path, false);
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = std::fs::remove_file(&self.path);
         }
-        let path = service.parent.dir().join(CONTROL_SOCKET);
+    }
+}
+
+impl ControlSocket {
+    /// Binds `DIR/control.sock` (mode 0600), replacing a stale file; fails with
+    /// `AddrInUse` when a parent answers there.
+    pub fn bind(dir: &Path) -> io::Result<Self> {
+        let path = dir.join(CONTROL_SOCKET);
         if path.exists() {
             if UnixStream::connect(&path).is_ok() {
                 return Err(io::Error::new(
@@ -127,19 +119,60 @@ impl ControlServer {
             std::fs::remove_file(&path)?;
         }
         let listener = UnixListener::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Self::serve(service, listener, path, true)
+        let file = SocketFile { path, owned: true };
+        std::fs::set_permissions(&file.path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(ControlSocket { listener, file })
     }
 
-    fn serve(
-        service: Service,
-        listener: UnixListener,
-        path: PathBuf,
-        owns_file: bool,
+    /// A socket passed in by the service manager; its file is left alone at shutdown.
+    pub fn from_listener(listener: UnixListener) -> io::Result<Self> {
+        let path = listener
+            .local_addr()?
+            .as_pathname()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "unnamed socket"))?;
+        Ok(ControlSocket {
+            listener,
+            file: SocketFile { path, owned: false },
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+}
+
+/// The control socket server of a parent. Dropping it stops it and removes the socket file
+/// it bound.
+pub struct ControlServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    file: SocketFile,
+}
+
+impl ControlServer {
+    /// Serves `parent`'s control socket in its directory, without definitions (`start`
+    /// answers ENOTSUP).
+    pub fn start(parent: Arc<Parent>) -> io::Result<Self> {
+        let socket = ControlSocket::bind(parent.dir())?;
+        Self::serve(parent, None, socket)
+    }
+
+    /// Answers `socket` for `parent`, starting defined instances from `definitions` on
+    /// request.
+    pub fn serve(
+        parent: Arc<Parent>,
+        definitions: Option<DefinitionStore>,
+        socket: ControlSocket,
     ) -> io::Result<Self> {
+        let service = Arc::new(Service {
+            parent,
+            definitions,
+        });
+        let ControlSocket { listener, file } = socket;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        let service = Arc::new(service);
         let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
@@ -163,16 +196,15 @@ impl ControlServer {
                 }
             })?;
         Ok(ControlServer {
-            path,
-            owns_file,
             stop,
             thread: Some(thread),
+            file,
         })
     }
 
     /// The socket path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
     }
 }
 
@@ -180,13 +212,11 @@ impl Drop for ControlServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         // Wake the accept loop.
-        let _ = UnixStream::connect(&self.path);
+        let _ = UnixStream::connect(&self.file.path);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if self.owns_file {
-            let _ = std::fs::remove_file(&self.path);
-        }
+        // `file` is dropped next: the socket file goes if this process bound it.
     }
 }
 

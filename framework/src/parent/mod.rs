@@ -25,7 +25,7 @@ mod serve;
 mod shell_docs;
 
 pub use budget::{Budget, BudgetExhausted, Reservation};
-pub use control::{control_request, ControlClient, ControlServer, CONTROL_SOCKET};
+pub use control::{control_request, ControlClient, ControlServer, ControlSocket, CONTROL_SOCKET};
 pub use definitions::{Definition, DefinitionError, DefinitionStore, Scan};
 pub use driver::{
     refuse_params, CreateParams, MdevDriver, MdevType, NewDevice, DEVICE_API_VFIO_PCI,

@@ -1,7 +1,8 @@
 //! `serve`: run a parent until SIGINT/SIGTERM. It takes the sockets a service manager passed
-//! in, answers the control socket, creates the instances given with `--create` (any failure
-//! stops it) and starts every `auto` definition of its definitions directory with its own
-//! UUID and socket (a definition that cannot start is logged and the others start).
+//! in, binds the control socket, creates the instances given with `--create` (any failure
+//! stops it), starts every `auto` definition of its definitions directory with its own UUID
+//! and socket (a definition that cannot start is logged and the others start), and only then
+//! answers the control socket: a client that connects early waits and sees them all.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use log::{error, info, warn};
 
 use super::activation::Activated;
 use super::cli::parse_create_spec;
-use super::control::ControlServer;
+use super::control::{ControlServer, ControlSocket};
 use super::definitions::DefinitionStore;
 use super::driver::MdevDriver;
 use super::instances::{InstanceInfo, Parent};
@@ -65,13 +66,14 @@ pub(super) fn serve(
         Ok(a) => a,
         Err(e) => return fail(format!("socket activation: {e}")),
     };
-    let store = DefinitionStore::new(defs);
-    let control = match ControlServer::start_on(
-        parent.clone(),
-        Some(store.clone()),
-        activated.take_control(),
-    ) {
-        Ok(c) => c,
+    // Bound now (a parent already serving `dir` stops this one here), answered once the
+    // start-up instances exist.
+    let socket = match activated.take_control() {
+        Some(l) => ControlSocket::from_listener(l),
+        None => ControlSocket::bind(dir),
+    };
+    let socket = match socket {
+        Ok(s) => s,
         Err(e) => return fail(format!("control socket: {e}")),
     };
     for spec in create {
@@ -92,7 +94,15 @@ pub(super) fn serve(
             }
         }
     }
+    let store = DefinitionStore::new(defs);
     start_auto_definitions(driver_name, &parent, &store, &mut activated);
+    let control = match ControlServer::serve(parent.clone(), Some(store), socket) {
+        Ok(c) => c,
+        Err(e) => {
+            parent.shutdown();
+            return fail(format!("control socket: {e}"));
+        }
+    };
     for name in activated.leftover() {
         warn!("{driver_name}: passed-in socket {name} matches no instance; ignored");
     }
