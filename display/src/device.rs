@@ -1,5 +1,6 @@
-//! A display PCI function as the framework sees it: config space, a framebuffer BAR0 and an
-//! optional trapped register BAR described by a [`DisplayModel`]. The lifecycle rules live
+//! A display PCI function on the framework's PCI function layer: a framebuffer BAR0 (memory
+//! the framework serves) and an optional trapped register BAR described by a
+//! [`DisplayModel`]. The lifecycle rules live
 //! here once for every display device:
 //!
 //! * state (framebuffer, registers, mode, budget reservations) belongs to the device, not to
@@ -8,18 +9,15 @@
 //! * registers go back to their reset values on a client's DEVICE_RESET and at creation only;
 //! * the budget reservations live as long as the device and are returned when it drops.
 
-use std::sync::Arc;
-
 use mdev::parent::Reservation;
-use mdev::pci::{BarKind, BarSpec, CommandRegister, PciConfig, PciIdentity, StatusRegister};
-use mdev::region::{BAR0_REGION_INDEX, CONFIG_REGION_INDEX};
-use mdev::{Device, DeviceError, Interrupts, RegionInfo, SetContext};
+use mdev::pci::{
+    Bar, CommandRegister, InterruptLayout, PciConfig, PciDevice, PciFunction, PciIdentity,
+    StatusRegister,
+};
+use mdev::{DeviceError, SetContext};
 
 use crate::format::Mode;
 use crate::framebuffer::Framebuffer;
-
-/// Size of the config-space region (a conventional PCI function).
-pub const CONFIG_SPACE_SIZE: u64 = 256;
 
 /// Subsystem vendor id of the display functions (Red Hat, QEMU's PCI ids).
 pub const SUBSYSTEM_VENDOR_ID: u16 = 0x1af4;
@@ -30,15 +28,15 @@ pub const CLASS_DISPLAY: u8 = 0x03;
 /// Subclass: other display controller.
 pub const SUBCLASS_OTHER: u8 = 0x80;
 /// The framebuffer is BAR0.
-const FRAMEBUFFER_BAR: usize = 0;
+pub const FRAMEBUFFER_BAR: u8 = 0;
 
-/// What a read of a region the device does not decode returns.
+/// What a read of a register the model does not decode returns.
 const UNDECODED_BYTE: u8 = 0xff;
 
 /// The model-specific part of a display function: its register BAR, if any, and its mode.
 pub trait DisplayModel: Send + 'static {
-    /// The trapped register BAR: (VFIO region index, size), or `None`.
-    fn register_bar(&self) -> Option<(u32, u64)> {
+    /// The trapped register BAR, or `None`.
+    fn register_bar(&self) -> Option<Bar> {
         None
     }
 
@@ -60,34 +58,14 @@ pub trait DisplayModel: Send + 'static {
     fn describe(&self) -> String;
 }
 
-/// A display function: config space, framebuffer, model registers, budget reservations.
-pub struct DisplayDevice<M: DisplayModel> {
-    config: PciConfig,
+/// The display half of a function: framebuffer, model registers, budget reservations.
+pub struct Display<M: DisplayModel> {
     framebuffer: Framebuffer,
     model: M,
-    interrupts: Arc<Interrupts>,
     _reservations: Vec<Reservation>,
 }
 
-impl<M: DisplayModel> DisplayDevice<M> {
-    /// A device from its parts. `config` is the function's config space after reset;
-    /// `reservations` are held until the device drops.
-    pub fn new(
-        config: PciConfig,
-        framebuffer: Framebuffer,
-        model: M,
-        reservations: Vec<Reservation>,
-    ) -> Self {
-        DisplayDevice {
-            config,
-            framebuffer,
-            model,
-            // Display functions raise no interrupts.
-            interrupts: Arc::new(Interrupts::new(false, 0, 0)),
-            _reservations: reservations,
-        }
-    }
-
+impl<M: DisplayModel> Display<M> {
     /// The model.
     pub fn model(&self) -> &M {
         &self.model
@@ -97,51 +75,21 @@ impl<M: DisplayModel> DisplayDevice<M> {
     pub fn framebuffer(&self) -> &Framebuffer {
         &self.framebuffer
     }
-
-    /// The config space.
-    pub fn config(&self) -> &PciConfig {
-        &self.config
-    }
 }
 
-impl<M: DisplayModel> Device for DisplayDevice<M> {
-    fn region_info(&self, index: u32) -> RegionInfo {
-        match index {
-            BAR0_REGION_INDEX => self.framebuffer.region_info(),
-            CONFIG_REGION_INDEX => RegionInfo::trapped(CONFIG_SPACE_SIZE),
-            i => match self.model.register_bar() {
-                Some((bar, size)) if bar == i => RegionInfo::trapped(size),
-                _ => RegionInfo::absent(),
-            },
-        }
+impl<M: DisplayModel> PciFunction for Display<M> {
+    fn read_bar(&mut self, _bar: u8, offset: u64, data: &mut [u8]) {
+        // The framebuffer is served by the framework; the only trapped BAR is the model's.
+        self.model.read_registers(offset, data);
     }
 
-    fn interrupts(&self) -> &Arc<Interrupts> {
-        &self.interrupts
+    fn write_bar(&mut self, _bar: u8, offset: u64, data: &[u8]) {
+        self.model.write_registers(offset, data);
     }
 
-    fn read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
-        match region {
-            BAR0_REGION_INDEX => self.framebuffer.read(offset, data),
-            CONFIG_REGION_INDEX => self.config.read(offset, data),
-            r if self.model.register_bar().is_some_and(|(bar, _)| bar == r) => {
-                self.model.read_registers(offset, data)
-            }
-            _ => data.fill(UNDECODED_BYTE),
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        match region {
-            BAR0_REGION_INDEX => self.framebuffer.write(offset, data),
-            CONFIG_REGION_INDEX => self.config.write(offset, data),
-            r if self.model.register_bar().is_some_and(|(bar, _)| bar == r) => {
-                self.model.write_registers(offset, data)
-            }
-            _ => {}
-        }
-        Ok(())
+    fn reset(&mut self) {
+        log::info!("{}: device reset", self.model.describe());
+        self.model.reset();
     }
 
     fn open_device(&mut self, _ctx: &SetContext) -> Result<(), DeviceError> {
@@ -156,29 +104,40 @@ impl<M: DisplayModel> Device for DisplayDevice<M> {
         log::debug!("{}: last close; state kept", self.model.describe());
     }
 
-    fn reset(&mut self, _ctx: &SetContext) -> Result<(), DeviceError> {
-        log::info!("{}: device reset", self.model.describe());
-        self.config.reset();
-        self.model.reset();
-        Ok(())
-    }
-
     fn describe(&self) -> String {
         self.model.describe()
     }
 }
 
+/// A display function as the framework serves it.
+pub type DisplayDevice<M> = PciDevice<Display<M>>;
+
+/// Assembles a display function: `config` (identity and capabilities, see
+/// [`display_config`]), the framebuffer as BAR0, the model's register BAR, no interrupts;
+/// `reservations` are held until the device drops.
+pub fn display_device<M: DisplayModel>(
+    config: PciConfig,
+    framebuffer: Framebuffer,
+    model: M,
+    reservations: Vec<Reservation>,
+) -> Result<DisplayDevice<M>, DeviceError> {
+    let mut bars = vec![framebuffer.bar(FRAMEBUFFER_BAR)];
+    bars.extend(model.register_bar());
+    let device = PciDevice::new(config, bars, InterruptLayout::default(), |_| {
+        Ok(Display {
+            framebuffer,
+            model,
+            _reservations: reservations,
+        })
+    })?;
+    Ok(device)
+}
+
 /// The config space every display function starts from: `vendor_id`:`device_id` at
-/// `revision`, class display controller (other), I/O and memory decoding on, and BAR0 a
-/// prefetchable 32-bit framebuffer of `framebuffer_size` bytes. The model adds its own BARs
-/// and capabilities.
-pub fn display_config(
-    vendor_id: u16,
-    device_id: u16,
-    revision: u8,
-    framebuffer_size: u64,
-) -> Result<PciConfig, DeviceError> {
-    let mut config = PciConfig::new(&PciIdentity {
+/// `revision`, class display controller (other), I/O and memory decoding on. BARs come from
+/// [`display_device`]; the model adds its capabilities.
+pub fn display_config(vendor_id: u16, device_id: u16, revision: u8) -> PciConfig {
+    PciConfig::new(&PciIdentity {
         vendor_id,
         device_id,
         subsystem_vendor_id: SUBSYSTEM_VENDOR_ID,
@@ -190,18 +149,7 @@ pub fn display_config(
         interrupt_pin: 0,
         command: CommandRegister::IO | CommandRegister::MEMORY,
         status: StatusRegister::empty(),
-    });
-    config
-        .add_bar(
-            FRAMEBUFFER_BAR,
-            BarSpec {
-                size: framebuffer_size,
-                kind: BarKind::Memory32,
-                prefetchable: true,
-            },
-        )
-        .map_err(config_error("framebuffer BAR"))?;
-    Ok(config)
+    })
 }
 
 /// Maps an error from building config space (a fault of the device model, not of a guest) to

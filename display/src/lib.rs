@@ -27,6 +27,6 @@ pub mod terminal;
 pub mod testing;
 
 pub use client::{ClientError, DisplayClient, ModeReader, RegisterSource};
-pub use device::{DisplayDevice, DisplayModel};
+pub use device::{display_device, Display, DisplayDevice, DisplayModel};
 pub use format::{Frame, Mode, PixelFormat};
 pub use framebuffer::Framebuffer;

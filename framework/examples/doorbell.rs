@@ -14,109 +14,86 @@ use std::sync::Arc;
 
 use mdev::device_set::DeviceSets;
 use mdev::parent::cli::{block_shutdown_signals, wait_for_shutdown};
-use mdev::pci::{BarKind, BarSpec, CommandRegister, PciConfig, PciIdentity, StatusRegister};
-use mdev::region::{BAR0_REGION_INDEX, CONFIG_REGION_INDEX};
+use mdev::pci::{
+    Bar, BarKind, BarSpec, CommandRegister, InterruptLayout, PciConfig, PciDevice, PciFunction,
+    PciIdentity, StatusRegister,
+};
 use mdev::server::DeviceServer;
-use mdev::{Device, DeviceError, Interrupts, RegionInfo, SetContext};
+use mdev::Interrupts;
 
-/// BAR0 size.
-const BAR0_SIZE: u64 = 4096;
 /// BAR0 register: read/write scratch.
 const REG_SCRATCH: u64 = 0x00;
 /// BAR0 register: writing 1 asserts the interrupt, 0 deasserts it.
 const REG_DOORBELL: u64 = 0x04;
 
+/// What is unique to a doorbell: a scratch register and the line it rings.
 struct Doorbell {
-    config: PciConfig,
     scratch: u32,
     irqs: Arc<Interrupts>,
 }
 
-impl Doorbell {
-    fn new() -> Result<Self, DeviceError> {
-        let mut config = PciConfig::new(&PciIdentity {
-            vendor_id: 0x1b36, // Red Hat's QEMU range, as the kernel samples use
-            device_id: 0x00ee,
-            subsystem_vendor_id: 0x1b36,
-            subsystem_id: 0x00ee,
-            revision: 1,
-            class: 0xff,
-            subclass: 0,
-            prog_if: 0,
-            interrupt_pin: 1,
-            command: CommandRegister::empty(),
-            status: StatusRegister::empty(),
-        });
-        config.add_bar(
-            0,
-            BarSpec {
-                size: BAR0_SIZE,
-                kind: BarKind::Memory32,
-                prefetchable: false,
-            },
-        )?;
-        Ok(Doorbell {
-            config,
-            scratch: 0,
-            irqs: Arc::new(Interrupts::new(true, 1, 0)),
-        })
-    }
-}
-
-impl Device for Doorbell {
-    fn region_info(&self, index: u32) -> RegionInfo {
-        match index {
-            BAR0_REGION_INDEX => RegionInfo::trapped(BAR0_SIZE),
-            CONFIG_REGION_INDEX => RegionInfo::trapped(256),
-            _ => RegionInfo::absent(),
-        }
-    }
-
-    fn interrupts(&self) -> &Arc<Interrupts> {
-        &self.irqs
-    }
-
-    fn read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
-        match (region, offset, data.len()) {
-            (CONFIG_REGION_INDEX, ..) => self.config.read(offset, data),
-            (BAR0_REGION_INDEX, REG_SCRATCH, 4) => {
-                data.copy_from_slice(&self.scratch.to_le_bytes())
-            }
+impl PciFunction for Doorbell {
+    fn read_bar(&mut self, _bar: u8, offset: u64, data: &mut [u8]) {
+        match (offset, data.len()) {
+            (REG_SCRATCH, 4) => data.copy_from_slice(&self.scratch.to_le_bytes()),
             // Anything else reads as zero, as an unimplemented register would.
             _ => data.fill(0),
         }
-        Ok(())
     }
 
-    fn write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        let word = <[u8; 4]>::try_from(data).map(u32::from_le_bytes);
-        match (region, offset, word) {
-            (CONFIG_REGION_INDEX, ..) => self.config.write(offset, data),
-            (BAR0_REGION_INDEX, REG_SCRATCH, Ok(v)) => self.scratch = v,
-            (BAR0_REGION_INDEX, REG_DOORBELL, Ok(v)) => {
-                self.config.set_interrupt_status(v != 0);
-                self.irqs.update_line(v != 0);
-            }
-            _ => {} // ignored, as hardware ignores writes to nothing
+    fn write_bar(&mut self, _bar: u8, offset: u64, data: &[u8]) {
+        let Ok(word) = <[u8; 4]>::try_from(data).map(u32::from_le_bytes) else {
+            return; // ignored, as hardware ignores writes it does not decode
+        };
+        match offset {
+            REG_SCRATCH => self.scratch = word,
+            // The framework keeps the status register's interrupt bit in step.
+            REG_DOORBELL => self.irqs.update_line(word != 0),
+            _ => {}
         }
-        Ok(())
     }
 
-    fn open_device(&mut self, ctx: &SetContext) -> Result<(), DeviceError> {
-        log::info!("first open (by {:?})", ctx.requester);
-        Ok(())
-    }
-
-    fn reset(&mut self, _ctx: &SetContext) -> Result<(), DeviceError> {
-        self.config.reset();
+    fn reset(&mut self) {
         self.scratch = 0;
         self.irqs.update_line(false);
-        Ok(())
     }
 
     fn describe(&self) -> String {
         String::from("doorbell example")
     }
+}
+
+/// The doorbell's PCI function: identity, one 4 KiB trapped BAR, INTx and one MSI vector.
+fn doorbell() -> Result<PciDevice<Doorbell>, mdev::pci::FunctionError> {
+    let config = PciConfig::new(&PciIdentity {
+        vendor_id: 0x1b36, // Red Hat's QEMU range, as the kernel samples use
+        device_id: 0x00ee,
+        subsystem_vendor_id: 0x1b36,
+        subsystem_id: 0x00ee,
+        revision: 1,
+        class: 0xff,
+        subclass: 0,
+        prog_if: 0,
+        interrupt_pin: 1,
+        command: CommandRegister::empty(),
+        status: StatusRegister::empty(),
+    });
+    let bar0 = BarSpec {
+        size: 4096,
+        kind: BarKind::Memory32,
+        prefetchable: false,
+    };
+    let irqs = InterruptLayout {
+        intx: true,
+        msi_vectors: 1,
+        msix_vectors: 0,
+    };
+    PciDevice::new(config, vec![Bar::trapped(0, bar0)], irqs, |irqs| {
+        Ok(Doorbell {
+            scratch: 0,
+            irqs: irqs.clone(),
+        })
+    })
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -126,7 +103,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| String::from("/tmp/doorbell.sock"));
     block_shutdown_signals();
     let sets = DeviceSets::new();
-    let handle = sets.register("doorbell", Box::new(Doorbell::new()?), None);
+    let handle = sets.register("doorbell", Box::new(doorbell()?), None);
     let server = DeviceServer::bind(std::path::Path::new(&path), handle)?;
     wait_for_shutdown();
     server.shutdown();

@@ -34,6 +34,43 @@ pub const VGA_REGION_INDEX: u32 = 8;
 /// Number of regions a VFIO PCI device reports.
 pub const PCI_NUM_REGIONS: u32 = 9;
 
+/// A region of a VFIO PCI device, by what it is rather than by its index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PciRegion {
+    /// BAR `n` (0..=5).
+    Bar(u8),
+    /// The expansion ROM.
+    Rom,
+    /// Configuration space.
+    Config,
+    /// The legacy VGA window.
+    Vga,
+}
+
+impl PciRegion {
+    /// The region at VFIO index `index`, or `None` past the VGA window (device-specific
+    /// regions).
+    pub fn from_index(index: u32) -> Option<Self> {
+        Some(match index {
+            0..=5 => PciRegion::Bar(index as u8),
+            ROM_REGION_INDEX => PciRegion::Rom,
+            CONFIG_REGION_INDEX => PciRegion::Config,
+            VGA_REGION_INDEX => PciRegion::Vga,
+            _ => return None,
+        })
+    }
+
+    /// The VFIO region index.
+    pub fn index(self) -> u32 {
+        match self {
+            PciRegion::Bar(n) => u32::from(n),
+            PciRegion::Rom => ROM_REGION_INDEX,
+            PciRegion::Config => CONFIG_REGION_INDEX,
+            PciRegion::Vga => VGA_REGION_INDEX,
+        }
+    }
+}
+
 bitflags! {
     /// `vfio_region_info.flags`.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

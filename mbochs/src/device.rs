@@ -1,12 +1,11 @@
 //! The mbochs PCI function: bochs-display identity, a framebuffer BAR0 and the BAR2 register
-//! window, assembled on the shared [`DisplayDevice`].
+//! window, assembled on the shared display function.
 
 use mdev::parent::Reservation;
-use mdev::pci::{BarKind, BarSpec, PciConfig};
-use mdev::region::BAR2_REGION_INDEX;
+use mdev::pci::{Bar, BarKind, BarSpec, PciConfig};
 use mdev::DeviceError;
-use mdev_display::device::{config_error, display_config};
-use mdev_display::{DisplayDevice, DisplayModel, Framebuffer, Mode};
+use mdev_display::device::display_config;
+use mdev_display::{display_device, DisplayDevice, DisplayModel, Framebuffer, Mode};
 use uuid::Uuid;
 
 use crate::edid::build_edid;
@@ -31,8 +30,15 @@ pub struct Mbochs {
 }
 
 impl DisplayModel for Mbochs {
-    fn register_bar(&self) -> Option<(u32, u64)> {
-        Some((BAR2_REGION_INDEX, MMIO_BAR_SIZE))
+    fn register_bar(&self) -> Option<Bar> {
+        Some(Bar::trapped(
+            MMIO_BAR,
+            BarSpec {
+                size: MMIO_BAR_SIZE,
+                kind: BarKind::Memory32,
+                prefetchable: false,
+            },
+        ))
     }
 
     fn read_registers(&mut self, offset: u64, data: &mut [u8]) {
@@ -83,20 +89,9 @@ fn describe_mode(mode: Option<Mode>) -> String {
 /// An mbochs device.
 pub type MbochsDevice = DisplayDevice<Mbochs>;
 
-/// The config space of an mbochs function with `memory` bytes of framebuffer.
-pub fn mbochs_config(memory: u64) -> Result<PciConfig, DeviceError> {
-    let mut config = display_config(VENDOR_ID, DEVICE_ID, REVISION, memory)?;
-    config
-        .add_bar(
-            MMIO_BAR as usize,
-            BarSpec {
-                size: MMIO_BAR_SIZE,
-                kind: BarKind::Memory32,
-                prefetchable: false,
-            },
-        )
-        .map_err(config_error("MMIO BAR"))?;
-    Ok(config)
+/// The config space of an mbochs function (its BARs come with the device).
+pub fn mbochs_config() -> PciConfig {
+    display_config(VENDOR_ID, DEVICE_ID, REVISION)
 }
 
 /// Builds an mbochs device of type `ty` for `uuid`, holding `reservation` (its framebuffer
@@ -107,7 +102,7 @@ pub fn new_mbochs(
     reservation: Reservation,
 ) -> Result<MbochsDevice, DeviceError> {
     let memory = ty.memory();
-    let config = mbochs_config(memory)?;
+    let config = mbochs_config();
     let framebuffer = Framebuffer::new(&format!("mbochs-{uuid}"), memory)?;
     let edid = build_edid(ty.preferred, ty.edid_max(), memory);
     let limits = ScanoutLimits {
@@ -118,10 +113,5 @@ pub fn new_mbochs(
         name: format!("mbochs {uuid} ({})", ty.name),
         registers: MmioRegisters::new(edid, limits),
     };
-    Ok(DisplayDevice::new(
-        config,
-        framebuffer,
-        model,
-        vec![reservation],
-    ))
+    display_device(config, framebuffer, model, vec![reservation])
 }

@@ -1,11 +1,11 @@
 //! The mdpy PCI function: identity, the mode capability and a framebuffer BAR0, assembled
-//! on the shared [`DisplayDevice`].
+//! on the shared display function.
 
 use mdev::parent::Reservation;
 use mdev::pci::{PciConfig, VendorCapability};
 use mdev::DeviceError;
 use mdev_display::device::{config_error, display_config};
-use mdev_display::{DisplayDevice, DisplayModel, Framebuffer, Mode};
+use mdev_display::{display_device, DisplayDevice, DisplayModel, Framebuffer, Mode};
 use uuid::Uuid;
 
 use crate::mode::{mode_capability_body, MODE_CAPABILITY_OFFSET};
@@ -37,9 +37,9 @@ impl DisplayModel for Mdpy {
 /// An mdpy device.
 pub type MdpyDevice = DisplayDevice<Mdpy>;
 
-/// The config space of an mdpy function showing `mode` with a framebuffer of `bar_size`.
-pub fn mdpy_config(mode: &Mode, bar_size: u64) -> Result<PciConfig, DeviceError> {
-    let mut config = display_config(VENDOR_ID, DEVICE_ID, REVISION, bar_size)?;
+/// The config space of an mdpy function showing `mode` (its BARs come with the device).
+pub fn mdpy_config(mode: &Mode) -> Result<PciConfig, DeviceError> {
+    let mut config = display_config(VENDOR_ID, DEVICE_ID, REVISION);
     let at = config
         .add_capability(&VendorCapability {
             body: mode_capability_body(mode),
@@ -61,16 +61,11 @@ pub fn new_mdpy(
 ) -> Result<MdpyDevice, DeviceError> {
     let mode = ty.mode();
     let bar_size = Framebuffer::bar_size_for(mode.stride * u64::from(mode.height));
-    let config = mdpy_config(&mode, bar_size)?;
+    let config = mdpy_config(&mode)?;
     let framebuffer = Framebuffer::new(&format!("mdpy-{uuid}"), bar_size)?;
     let model = Mdpy {
         name: format!("mdpy {uuid} ({})", ty.name),
         mode,
     };
-    Ok(DisplayDevice::new(
-        config,
-        framebuffer,
-        model,
-        vec![reservation],
-    ))
+    display_device(config, framebuffer, model, vec![reservation])
 }

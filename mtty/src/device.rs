@@ -5,9 +5,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
 
 use mdev::parent::Reservation;
-use mdev::pci::{BarKind, BarSpec, CommandRegister, PciConfig, PciIdentity, StatusRegister};
-use mdev::region::CONFIG_REGION_INDEX;
-use mdev::{Device, DeviceError, Interrupts, RegionInfo, SetContext};
+use mdev::pci::{
+    Bar, BarKind, BarSpec, CommandRegister, InterruptLayout, PciConfig, PciDevice, PciFunction,
+    PciIdentity, StatusRegister, PCI_NUM_BARS,
+};
+use mdev::{DeviceError, Interrupts, SetContext};
 
 use crate::card::{Card, Line, Port};
 use crate::console::{self, Console, ConsoleSpec, PortKick};
@@ -27,12 +29,11 @@ pub const SUBCLASS_SERIAL: u8 = 0x00;
 pub const PROG_IF_16550: u8 = 0x02;
 /// Size of each port's I/O BAR.
 pub const PORT_BAR_SIZE: u64 = REGISTER_COUNT;
-/// Size of the config-space region.
-pub const CONFIG_SPACE_SIZE: u64 = 256;
 
-/// The config space of a card with `ports` ports.
-pub fn mtty_config(ports: usize) -> Result<PciConfig, DeviceError> {
-    let mut config = PciConfig::new(&PciIdentity {
+/// The config space of an mtty function: the kernel sample's identity (its BARs come with
+/// the device).
+pub fn mtty_config() -> PciConfig {
+    PciConfig::new(&PciIdentity {
         vendor_id: VENDOR_ID,
         device_id: DEVICE_ID,
         subsystem_vendor_id: VENDOR_ID,
@@ -44,42 +45,66 @@ pub fn mtty_config(ports: usize) -> Result<PciConfig, DeviceError> {
         interrupt_pin: 1,
         command: CommandRegister::IO,
         status: StatusRegister::FAST_BACK,
-    });
-    for bar in 0..ports {
-        config.add_bar(
-            bar,
-            BarSpec {
-                size: PORT_BAR_SIZE,
-                kind: BarKind::Io,
-                prefetchable: false,
-            },
-        )?;
-    }
-    Ok(config)
+    })
 }
 
-/// An mtty card.
-pub struct MttyDevice {
+/// One 8-byte I/O BAR per port.
+fn port_bars(ports: usize) -> Vec<Bar> {
+    (0..ports.min(PCI_NUM_BARS))
+        .map(|i| {
+            Bar::trapped(
+                i as u8,
+                BarSpec {
+                    size: PORT_BAR_SIZE,
+                    kind: BarKind::Io,
+                    prefetchable: false,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The device-specific part of an mtty card: its ports and their consoles.
+pub struct Mtty {
     name: String,
-    config: PciConfig,
     // Declared before `consoles`: the card (and with it the device's channel ends) drops
     // first, so console threads see the device gone and exit before they are joined.
     card: Arc<Card>,
     consoles: Vec<(usize, Console)>,
-    interrupts: Arc<Interrupts>,
     _reservation: Option<Reservation>,
 }
 
-impl MttyDevice {
-    /// A card named `name` with one port per console spec, holding `reservation` (its
-    /// ports in the budget) until it drops. Nothing is left running on failure.
-    pub fn new(
+/// An mtty card as the framework serves it.
+pub type MttyDevice = PciDevice<Mtty>;
+
+/// A card named `name` with one port per console spec, holding `reservation` (its ports in
+/// the budget) until it drops. Nothing is left running on failure.
+pub fn new_mtty(
+    name: &str,
+    consoles: &[ConsoleSpec],
+    reservation: Option<Reservation>,
+) -> Result<MttyDevice, DeviceError> {
+    let irqs = InterruptLayout {
+        intx: true,
+        msi_vectors: 1,
+        msix_vectors: 0,
+    };
+    let device = PciDevice::new(
+        mtty_config(),
+        port_bars(consoles.len()),
+        irqs,
+        |interrupts| Mtty::new(name, consoles, interrupts, reservation),
+    )?;
+    Ok(device)
+}
+
+impl Mtty {
+    fn new(
         name: &str,
         consoles: &[ConsoleSpec],
+        interrupts: &Arc<Interrupts>,
         reservation: Option<Reservation>,
     ) -> Result<Self, DeviceError> {
-        let config = mtty_config(consoles.len())?;
-        let interrupts = Arc::new(Interrupts::new(true, 1, 0));
         let stop = Arc::new(AtomicBool::new(false));
         let mut hosts = Vec::new();
         let card = Arc::new_cyclic(|weak: &Weak<Card>| {
@@ -116,12 +141,10 @@ impl MttyDevice {
                 }
             }
         }
-        Ok(MttyDevice {
+        Ok(Mtty {
             name: name.to_string(),
-            config,
             card,
             consoles: running,
-            interrupts,
             _reservation: reservation,
         })
     }
@@ -138,10 +161,6 @@ impl MttyDevice {
             .map(|(i, c)| format!("port{i} {}", c.description()))
             .collect()
     }
-
-    fn port_count(&self) -> usize {
-        self.card.lock().len()
-    }
 }
 
 fn console_error(e: console::ConsoleError) -> DeviceError {
@@ -152,27 +171,10 @@ fn console_error(e: console::ConsoleError) -> DeviceError {
     }
 }
 
-impl Device for MttyDevice {
-    fn region_info(&self, index: u32) -> RegionInfo {
-        match index {
-            CONFIG_REGION_INDEX => RegionInfo::trapped(CONFIG_SPACE_SIZE),
-            i if (i as usize) < self.port_count() => RegionInfo::trapped(PORT_BAR_SIZE),
-            _ => RegionInfo::absent(),
-        }
-    }
-
-    fn interrupts(&self) -> &Arc<Interrupts> {
-        &self.interrupts
-    }
-
-    fn read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
-        if region == CONFIG_REGION_INDEX {
-            self.config.set_interrupt_status(self.card.line());
-            self.config.read(offset, data);
-            return Ok(());
-        }
+impl PciFunction for Mtty {
+    fn read_bar(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
         // A wider access is a run of byte accesses, as a bus splits it for a byte-wide part.
-        let done = self.card.with_port(region as usize, |uart| {
+        let done = self.card.with_port(usize::from(bar), |uart| {
             for (i, b) in data.iter_mut().enumerate() {
                 *b = match u8::try_from(offset + i as u64) {
                     Ok(off) => uart.read(off),
@@ -183,22 +185,16 @@ impl Device for MttyDevice {
         if done.is_none() {
             data.fill(UNDECODED_READ);
         }
-        Ok(())
     }
 
-    fn write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        if region == CONFIG_REGION_INDEX {
-            self.config.write(offset, data);
-            return Ok(());
-        }
-        let _ = self.card.with_port(region as usize, |uart| {
+    fn write_bar(&mut self, bar: u8, offset: u64, data: &[u8]) {
+        let _ = self.card.with_port(usize::from(bar), |uart| {
             for (i, &b) in data.iter().enumerate() {
                 if let Ok(off) = u8::try_from(offset + i as u64) {
                     uart.write(off, b);
                 }
             }
         });
-        Ok(())
     }
 
     fn open_device(&mut self, _ctx: &SetContext) -> Result<(), DeviceError> {
@@ -211,11 +207,9 @@ impl Device for MttyDevice {
         log::debug!("{}: last close; port state kept", self.name);
     }
 
-    fn reset(&mut self, _ctx: &SetContext) -> Result<(), DeviceError> {
+    fn reset(&mut self) {
         log::info!("{}: device reset", self.name);
-        self.config.reset();
         self.card.reset();
-        Ok(())
     }
 
     fn describe(&self) -> String {

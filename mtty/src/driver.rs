@@ -6,7 +6,7 @@ use mdev::DeviceError;
 use uuid::Uuid;
 
 use crate::console::ConsoleSpec;
-use crate::device::MttyDevice;
+use crate::device::new_mtty;
 use crate::types::{MttyType, TYPES};
 
 /// Default number of ports shared by all instances (the kernel sample's MAX_MTTYS).
@@ -95,7 +95,7 @@ impl MdevDriver for MttyDriver {
             ))
         })?;
         // On failure the reservation drops with the half-built device: the ports go back.
-        let device = MttyDevice::new(&format!("mtty {uuid}"), &consoles, Some(reservation))?;
+        let device = new_mtty(&format!("mtty {uuid}"), &consoles, Some(reservation))?;
         Ok(NewDevice {
             device: Box::new(device),
             set_key: None,

@@ -23,6 +23,6 @@ pub mod types;
 pub mod uart;
 
 pub use console::ConsoleSpec;
-pub use device::MttyDevice;
+pub use device::{new_mtty, Mtty, MttyDevice};
 pub use driver::MttyDriver;
 pub use uart::Uart;

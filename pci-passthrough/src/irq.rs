@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 use log::debug;
-use mdev::irq::{IrqAction, IrqIndex, IrqIndexInfo, IrqSpan, PCI_NUM_IRQS};
+use mdev::irq::{IrqAction, IrqDataKind, IrqIndex, IrqIndexInfo, IrqSpan, PCI_NUM_IRQS};
 use mdev::Interrupts;
 
 use crate::host::{HostDevice, HostIrqSet};
@@ -33,8 +33,6 @@ pub fn host_layout(device: &impl HostDevice) -> Vec<IrqIndexInfo> {
 pub struct IrqForwarder {
     /// Eventfds programmed per index (empty: disabled).
     programmed: Vec<Vec<RawFd>>,
-    /// Deliveries the framework made itself per index, last seen.
-    delivered: Vec<u64>,
 }
 
 impl IrqForwarder {
@@ -42,14 +40,14 @@ impl IrqForwarder {
     pub fn new(num_indexes: u32) -> Self {
         IrqForwarder {
             programmed: vec![Vec::new(); num_indexes as usize],
-            delivered: vec![0; num_indexes as usize],
         }
     }
 
     /// Forwards an accepted `SET_IRQS` (`span`, whose eventfds now live in `irqs`).
     ///
-    /// A trigger that the framework delivered itself (a loopback trigger without eventfds)
-    /// is not forwarded: the client's eventfd was already signalled. Any other trigger
+    /// A trigger without eventfds on a non-empty range fires vectors, which the framework
+    /// did itself (the client's eventfd was already signalled): nothing to forward. A
+    /// trigger with eventfds (routing) or with none on an empty range (disabling)
     /// reprograms the index with the eventfds `irqs` now holds (fd numbers can be reused,
     /// so they are not compared).
     pub fn forward(
@@ -71,10 +69,8 @@ impl IrqForwarder {
                 eventfds: None,
             }),
             IrqAction::Trigger => {
-                let delivered = irqs.delivered(span.index);
-                let looped_back = delivered != self.delivered[pos];
-                self.delivered[pos] = delivered;
-                if looped_back {
+                let fires = span.data != IrqDataKind::Eventfds && span.count > 0;
+                if fires {
                     return Ok(());
                 }
                 let fds = irqs.trigger_fds(span.index);
@@ -196,7 +192,6 @@ impl IrqForwarder {
             let Some(index) = IrqIndex::from_u32(pos as u32) else {
                 continue;
             };
-            self.delivered[pos] = irqs.delivered(index);
             let fds = irqs.trigger_fds(index);
             if fds.iter().any(Option::is_some) {
                 self.program(device, index, &fds)?;

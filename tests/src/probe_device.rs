@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mdev::pci::{
-    BarKind, BarSpec, CommandRegister, MsiCapability, PciConfig, PciIdentity, StatusRegister,
+    Bar, BarKind, BarSpec, CommandRegister, InterruptLayout, MsiCapability, PciConfig, PciDevice,
+    PciFunction, PciIdentity, StatusRegister,
 };
-use mdev::region::{CONFIG_REGION_INDEX, PCI_NUM_REGIONS};
-use mdev::{Device, DeviceError, Interrupts, RegionInfo, SetContext, SharedMemory};
+use mdev::{DeviceError, Interrupts, SetContext, SharedMemory};
 
 /// Vendor id of the probe device (QEMU's test vendor).
 pub const PROBE_VENDOR: u16 = 0x1234;
@@ -134,22 +134,23 @@ impl Rendezvous {
     }
 }
 
-/// The probe device.
+/// The device-specific part of the probe device (served as a [`PciDevice<ProbeDevice>`]).
 pub struct ProbeDevice {
     name: String,
     log: HookLog,
     opts: ProbeOptions,
-    config: PciConfig,
     regs: Vec<u8>,
-    mem: SharedMemory,
     irqs: Arc<Interrupts>,
     /// Bumped by `open_device`, so tests can tell whether device state was reset.
     generation: u32,
 }
 
 impl ProbeDevice {
-    /// A probe device named `name` recording into `log`.
-    pub fn new(name: &str, log: HookLog, opts: ProbeOptions) -> Self {
+    /// A probe device named `name` recording into `log`: a 4 KiB trapped register BAR0, a
+    /// 64-bit prefetchable memory BAR2 backed by shared memory, a 16-byte I/O BAR4, INTx and
+    /// one MSI vector.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(name: &str, log: HookLog, opts: ProbeOptions) -> PciDevice<ProbeDevice> {
         let mut config = PciConfig::new(&PciIdentity {
             vendor_id: PROBE_VENDOR,
             device_id: PROBE_DEVICE,
@@ -164,52 +165,56 @@ impl ProbeDevice {
             status: StatusRegister::empty(),
         });
         config
-            .add_bar(
-                0,
-                BarSpec {
-                    size: REG_BAR_SIZE,
-                    kind: BarKind::Memory32,
-                    prefetchable: false,
-                },
-            )
-            .expect("bar0");
-        config
-            .add_bar(
-                2,
-                BarSpec {
-                    size: MEM_BAR_SIZE,
-                    kind: BarKind::Memory64,
-                    prefetchable: true,
-                },
-            )
-            .expect("bar2");
-        config
-            .add_bar(
-                4,
-                BarSpec {
-                    size: 16,
-                    kind: BarKind::Io,
-                    prefetchable: false,
-                },
-            )
-            .expect("bar4");
-        config
             .add_capability(&MsiCapability {
                 vectors: 1,
                 address_64: true,
                 per_vector_mask: false,
             })
             .expect("msi");
-        ProbeDevice {
-            name: name.to_string(),
-            log,
-            opts,
-            config,
-            regs: vec![0; REG_BAR_SIZE as usize],
-            mem: SharedMemory::new(name, MEM_BAR_SIZE as usize).expect("memfd"),
-            irqs: Arc::new(Interrupts::new(true, 1, 0)),
-            generation: 0,
-        }
+        let mem = Arc::new(SharedMemory::new(name, MEM_BAR_SIZE as usize).expect("memfd"));
+        let bars = vec![
+            Bar::trapped(
+                0,
+                BarSpec {
+                    size: REG_BAR_SIZE,
+                    kind: BarKind::Memory32,
+                    prefetchable: false,
+                },
+            ),
+            Bar::memory(
+                2,
+                BarSpec {
+                    size: MEM_BAR_SIZE,
+                    kind: BarKind::Memory64,
+                    prefetchable: true,
+                },
+                mem,
+            ),
+            Bar::trapped(
+                4,
+                BarSpec {
+                    size: 16,
+                    kind: BarKind::Io,
+                    prefetchable: false,
+                },
+            ),
+        ];
+        let irqs = InterruptLayout {
+            intx: true,
+            msi_vectors: 1,
+            msix_vectors: 0,
+        };
+        PciDevice::new(config, bars, irqs, |irqs| {
+            Ok(ProbeDevice {
+                name: name.to_string(),
+                log,
+                opts,
+                regs: vec![0; REG_BAR_SIZE as usize],
+                irqs: irqs.clone(),
+                generation: 0,
+            })
+        })
+        .expect("probe device")
     }
 
     fn pause(&self) {
@@ -219,69 +224,29 @@ impl ProbeDevice {
     }
 }
 
-impl Device for ProbeDevice {
-    fn region_info(&self, index: u32) -> RegionInfo {
-        match index {
-            0 => RegionInfo::trapped(REG_BAR_SIZE),
-            2 => RegionInfo::shared(&self.mem),
-            4 => RegionInfo::trapped(16),
-            CONFIG_REGION_INDEX => RegionInfo::trapped(256),
-            i if i < PCI_NUM_REGIONS => RegionInfo::absent(),
-            _ => RegionInfo::absent(),
-        }
-    }
-
-    fn interrupts(&self) -> &Arc<Interrupts> {
-        &self.irqs
-    }
-
-    fn read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
-        match region {
+impl PciFunction for ProbeDevice {
+    fn read_bar(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
+        match bar {
+            0 if offset == 0 && data.len() == 4 => {
+                data.copy_from_slice(&self.generation.to_le_bytes())
+            }
             0 => {
-                if offset == 0 && data.len() == 4 {
-                    data.copy_from_slice(&self.generation.to_le_bytes());
-                    return Ok(());
-                }
                 let o = offset as usize;
                 data.copy_from_slice(&self.regs[o..o + data.len()]);
             }
-            2 => self.mem.read(offset, data)?,
-            4 => data.fill(0xff),
-            CONFIG_REGION_INDEX => self.config.read(offset, data),
-            _ => {
-                return Err(DeviceError::InvalidAccess {
-                    region,
-                    offset,
-                    len: data.len(),
-                })
-            }
+            _ => data.fill(0xff),
         }
-        Ok(())
     }
 
-    fn write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        match region {
-            0 => {
-                let o = offset as usize;
-                self.regs[o..o + data.len()].copy_from_slice(data);
-                if offset == REG_IRQ_LINE {
-                    let level = data.iter().any(|b| *b != 0);
-                    self.config.set_interrupt_status(level);
-                    self.irqs.update_line(level);
-                }
-            }
-            2 => self.mem.write(offset, data)?,
-            4 => {}
-            CONFIG_REGION_INDEX => self.config.write(offset, data),
-            _ => {
-                return Err(DeviceError::InvalidAccess {
-                    region,
-                    offset,
-                    len: data.len(),
-                })
-            }
+    fn write_bar(&mut self, bar: u8, offset: u64, data: &[u8]) {
+        if bar != 0 {
+            return;
         }
-        Ok(())
+        let o = offset as usize;
+        self.regs[o..o + data.len()].copy_from_slice(data);
+        if offset == REG_IRQ_LINE {
+            self.irqs.update_line(data.iter().any(|b| *b != 0));
+        }
     }
 
     fn open_device(&mut self, _ctx: &SetContext) -> Result<(), DeviceError> {
@@ -314,11 +279,9 @@ impl Device for ProbeDevice {
         self.log.push(HookEvent::CloseEnd(self.name.clone()));
     }
 
-    fn reset(&mut self, _ctx: &SetContext) -> Result<(), DeviceError> {
+    fn reset(&mut self) {
         self.regs.fill(0);
-        self.config.reset();
         self.log.push(HookEvent::Reset(self.name.clone()));
-        Ok(())
     }
 
     fn describe(&self) -> String {

@@ -136,6 +136,17 @@ pub enum IrqData {
     Eventfds(Vec<File>),
 }
 
+/// What kind of data a `SET_IRQS` request carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IrqDataKind {
+    /// None: the action applies to the whole range.
+    None,
+    /// One flag per vector.
+    Bool,
+    /// One eventfd per vector.
+    Eventfds,
+}
+
 /// Which vectors a `SET_IRQS` request addressed and what it did, without its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IrqSpan {
@@ -147,6 +158,9 @@ pub struct IrqSpan {
     pub count: u32,
     /// What was done.
     pub action: IrqAction,
+    /// With what kind of data: a trigger with eventfds routes vectors, one without fires
+    /// (or, with a count of 0, disables) them.
+    pub data: IrqDataKind,
 }
 
 /// A validated `SET_IRQS` request.
@@ -172,6 +186,11 @@ impl IrqRequest {
             start: self.start,
             count: self.count,
             action: self.action,
+            data: match self.data {
+                IrqData::None => IrqDataKind::None,
+                IrqData::Bool(_) => IrqDataKind::Bool,
+                IrqData::Eventfds(_) => IrqDataKind::Eventfds,
+            },
         }
     }
 }
@@ -378,6 +397,13 @@ impl Interrupts {
     /// The index connection `owner` has routed, if any.
     pub fn active_for(&self, owner: ConnectionId) -> Option<IrqIndex> {
         self.lock().active_for(owner)
+    }
+
+    /// Whether the device's interrupt line is asserted (what the status register's
+    /// interrupt bit shows).
+    pub fn line_asserted(&self) -> bool {
+        let st = self.lock();
+        st.line || st.intx_level
     }
 
     /// How many interrupts were delivered on `index` so far.

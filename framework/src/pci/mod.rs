@@ -4,6 +4,8 @@
 
 mod capability;
 mod config;
+mod function;
 
 pub use capability::*;
 pub use config::*;
+pub use function::{Bar, BarBacking, FunctionError, InterruptLayout, PciDevice, PciFunction};
