@@ -7,8 +7,9 @@
 //!  mode::ConfigModeReader: a viewer reads the same capability through region 7
 //! ```
 //!
-//! The mode is fixed by the type; the guest (the kernel's `mdpy-fb` sample, or anything that
-//! maps BAR0) draws XRGB8888 pixels straight into the shared framebuffer.
+//! The mode is fixed by the type; the guest (the project's own fbdev driver
+//! `tests/guest/mdpy-fb`, on which fbcon runs, or anything that maps BAR0) draws XRGB8888
+//! pixels straight into the shared framebuffer.
 
 #![warn(missing_docs)]
 

@@ -150,6 +150,9 @@ INIT
 #   --timeout SEC      kill QEMU after SEC seconds (default 120); run_guest then returns 124
 #   --mem MIB          guest RAM in MiB (default 512), a shared memfd backend (DMA_MAP carries fds)
 #   --machine OPTS     extra -machine options, e.g. kernel-irqchip=split
+#   --serial2 PATH     a second serial port, the guest's ttyS1, that QEMU serves on the UNIX
+#                      socket PATH (without waiting for a client): a host<->guest channel for
+#                      tests (the host end: sock-chat PATH). The console stays on ttyS0/the log
 #   --qemu-arg ARG     one raw QEMU argument; repeatable (or put them all after --)
 #   --echo             also copy the console to stdout while running
 #   --print            print the QEMU command line and do not run it
@@ -157,7 +160,7 @@ INIT
 run_guest() {
   _e2e_need_env
   local initrd="" log="$E2E_LOGS/guest.log" append="" timeout_s=120 mem=512 machine="" echo=0 print=0
-  local -a devs=() raw=()
+  local -a devs=() raw=() serial=()
   while [ $# -gt 0 ]; do
     case "$1" in
       --initrd)   initrd=$2; shift 2 ;;
@@ -167,6 +170,10 @@ run_guest() {
       --timeout)  timeout_s=$2; shift 2 ;;
       --mem)      mem=$2; shift 2 ;;
       --machine)  machine="$machine,$2"; shift 2 ;;
+      --serial2)  # Naming any serial port drops QEMU's default one: keep ttyS0 on stdio (with
+                  # the monitor, as -nographic does by default) and add ttyS1 on the socket.
+                  serial=(-serial mon:stdio -chardev "socket,id=e2eserial2,path=$2,server=on,wait=off"
+                          -serial chardev:e2eserial2); shift 2 ;;
       --qemu-arg) raw+=("$2"); shift 2 ;;
       --echo)     echo=1; shift ;;
       --print)    print=1; shift ;;
@@ -187,6 +194,7 @@ run_guest() {
   # these machines' paravirtual KVM stops with an internal error.
   [ "${E2E_ACCEL:-tcg}" = kvm ] && args+=(-cpu host)
   local d
+  args+=("${serial[@]}")
   for d in "${devs[@]}"; do args+=(-device "$d"); done
   args+=("${raw[@]}")
   if [ "$print" = 1 ]; then qemu_cmd --print "${args[@]}"; return 0; fi

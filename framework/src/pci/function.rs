@@ -260,14 +260,13 @@ impl<F: PciFunction> Device for PciDevice<F> {
                     .config_written(offset, data.len(), &self.config);
             }
             Some(PciRegion::Bar(n)) => match self.backing(n) {
-                Some((BarBacking::Memory(m), _)) => {
-                    if m.write(offset, data).is_err() {
-                        log::debug!(
-                            "BAR{n} write of {} bytes at {offset:#x} outside its memory dropped",
-                            data.len()
-                        );
-                    }
+                Some((BarBacking::Memory(m), _)) if m.write(offset, data).is_err() => {
+                    log::debug!(
+                        "BAR{n} write of {} bytes at {offset:#x} outside its memory dropped",
+                        data.len()
+                    );
                 }
+                Some((BarBacking::Memory(_), _)) => {}
                 Some((BarBacking::Trapped, _)) => self.function.write_bar(n, offset, data),
                 None => {}
             },

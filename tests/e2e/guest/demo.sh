@@ -15,38 +15,55 @@ for d in $mtty $bochs $mdpy; do
   out "  ${d##*/}  $(cat "$d/vendor" | cut -c3-):$(cat "$d/device" | cut -c3-)  driver=$(basename "$(readlink "$d/driver" 2>/dev/null)" 2>/dev/null)"
 done
 
-# mbochs: the stock bochs DRM driver and fbcon; a banner on the display.
-load_module bochs && wait_for /dev/fb0 10
-if [ -e /dev/fb0 ]; then
+# The displays get their consoles from fbcon (booted with fbcon=map:01): tty1 on the first
+# framebuffer (mbochs, bochs-drm), tty2 on the second (mdpy, the project's mdpy-fb driver).
+# fbcon draws the foreground console only; each display keeps its last picture.
+fbdev_of() { # PCI_SYSFS_DIR -> fbN registered for it (empty when none)
+  for f in /sys/class/graphics/fb*; do
+    [ "$(readlink -f "$f/device" 2>/dev/null)" = "$(readlink -f "$1")" ] && { echo "${f##*/}"; return; }
+  done
+}
+banner() { # TTY DEVICE-LINE DRIVER-LINE FB
+  echo 0 >/sys/class/graphics/fbcon/cursor_blink 2>/dev/null
+  chvt "${1#/dev/tty}"
   {
-    echo "  vfio-user mbochs: this framebuffer lives in a userspace process on the host."
-    echo "  Guest driver: bochs-drm, $(cat /sys/class/graphics/fb0/virtual_size | tr , x)."
+    printf '\033[2J\033[H'
+    echo "  $2"
+    echo "  $3, fbcon on $4 $(cat "/sys/class/graphics/$4/virtual_size" | tr , x), console ${1#/dev/}."
     echo
     uname -a
     echo
-    cat /proc/cpuinfo | grep -m1 "model name"
+    grep -m1 "model name" /proc/cpuinfo
     free
-  } > /dev/tty1
-  out "mbochs: bochs-drm bound, fbcon on $(cat /sys/class/graphics/fb0/virtual_size | tr , x)"
+    echo
+    echo "/proc/fb:"; cat /proc/fb
+  } > "$1"
+}
+
+# mbochs: the stock bochs DRM driver and fbcon.
+load_module bochs && wait_for /dev/fb0 10
+fb=$(fbdev_of "$bochs")
+if [ -n "$fb" ]; then
+  banner /dev/tty1 "vfio-user mbochs: this framebuffer lives in a userspace process on the host." \
+    "Guest driver: bochs-drm" "$fb"
+  out "mbochs: bochs-drm bound, fbcon on $(cat /sys/class/graphics/$fb/virtual_size | tr , x)"
 fi
 
-# mdpy: no guest driver; paint eight colour bars straight into its framebuffer BAR.
-if [ -n "$mdpy" ]; then
-  cfg32() { hexdump -s "$1" -n 4 -e '1/4 "%u"' "$mdpy/config"; }
-  w=$(cfg32 0x48) h=$(cfg32 0x4c)
-  guest-pci enable "${mdpy##*/}"
-  band=$(( w * 4 * (h / 8) ))
-  i=0
-  for c in 0x00ffffff 0x00ffff00 0x0000ffff 0x0000ff00 0x00ff00ff 0x00ff0000 0x000000ff 0x00202020; do
-    guest-pci fill "${mdpy##*/}" 0 $((i * band)) "$band" "$c"
-    i=$((i + 1))
-  done
-  out "mdpy: colour bars painted into BAR0 (${w}x${h})"
+# mdpy: the project's own guest driver, mdpy-fb (distribution kernels ship none).
+if [ -n "$mdpy" ] && load_module mdpy_fb; then
+  fb=$(fbdev_of "$mdpy")
+  if [ -n "$fb" ]; then
+    banner /dev/tty2 "vfio-user mdpy: a simple display served by a userspace process on the host." \
+      "Guest driver: mdpy-fb (tests/guest/mdpy-fb)" "$fb"
+    out "mdpy: mdpy-fb bound, fbcon on $fb $(cat /sys/class/graphics/$fb/virtual_size | tr , x) (tty2)"
+  else
+    out "mdpy: mdpy-fb loaded but registered no framebuffer: $(dmesg | grep mdpy-fb | tail -n1)"
+  fi
 fi
 
 if [ "$(e2e_arg demo_auto 0)" = 1 ]; then
   out "(non-interactive run: showing a few commands, then powering off)"
-  for cmd in "cat /proc/interrupts" "ls -l /sys/bus/pci/drivers/serial /sys/bus/pci/drivers/bochs-drm"; do
+  for cmd in "cat /proc/interrupts" "ls -l /sys/bus/pci/drivers/serial /sys/bus/pci/drivers/bochs-drm /sys/bus/pci/drivers/mdpy-fb" "cat /proc/fb"; do
     out "# $cmd"
     sh -c "$cmd" > "$con" 2>&1
   done

@@ -8,6 +8,8 @@
 //! guest-pci fill-file PATH OFFSET LEN VALUE  the same into a file such as /dev/fb0
 //! guest-pci read32 BDF BAR OFFSET            print a BAR dword (hex)
 //! guest-pci write32 BDF BAR OFFSET VALUE     write a BAR dword
+//! guest-pci con2fb TTY FB                    put console ttyTTY on framebuffer fbFB (fbcon),
+//!                                            as the `con2fbmap` tool does; busybox has none
 //! ```
 //! Numbers take `0x` for hex. Exit status 0 on success, 1 with a message on stderr otherwise.
 
@@ -21,6 +23,18 @@ const PCI_COMMAND: u64 = 0x04;
 const PCI_COMMAND_IO: u16 = 0x1;
 const PCI_COMMAND_MEMORY: u16 = 0x2;
 const PCI_COMMAND_MASTER: u16 = 0x4;
+
+/// `FBIOPUT_CON2FBMAP` (linux/fb.h): map a virtual console to a framebuffer.
+const FBIOPUT_CON2FBMAP: libc::c_ulong = 0x4610;
+
+/// `struct fb_con2fbmap` (linux/fb.h).
+#[repr(C)]
+struct Con2FbMap {
+    /// Virtual console, 1 for tty1.
+    console: u32,
+    /// Framebuffer index.
+    framebuffer: u32,
+}
 
 /// Granule of a BAR mapping.
 const PAGE_SIZE: u64 = 4096;
@@ -128,6 +142,26 @@ fn enable(bdf: &str) -> Result<()> {
         .map_err(|e| e.to_string())
 }
 
+/// Maps console ttyTTY to fbFB through fbcon's ioctl on /dev/fbFB.
+fn con2fb(tty: u32, fb: u32) -> Result<()> {
+    let path = format!("/dev/fb{fb}");
+    let f = open_rw(&path)?;
+    let map = Con2FbMap {
+        console: tty,
+        framebuffer: fb,
+    };
+    // SAFETY: `f` is an open framebuffer device we hold for the call; the ioctl only reads a
+    // `struct fb_con2fbmap`, which `map` is (same layout, repr(C)) and outlives the call.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), FBIOPUT_CON2FBMAP, &map as *const Con2FbMap) };
+    if rc < 0 {
+        return Err(format!(
+            "{path}: FBIOPUT_CON2FBMAP tty{tty}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
 fn fill_mapping(m: &Mapping, start: usize, len: u64, value: u32) {
     for i in (0..len as usize).step_by(DWORD as usize) {
         m.write32(start + i, value);
@@ -162,7 +196,10 @@ fn run(args: &[String]) -> Result<()> {
             m.write32(start, num(val)? as u32);
             Ok(())
         }
-        _ => Err("usage: guest-pci enable|fill|fill-file|read32|write32 ... (see source)".into()),
+        ["con2fb", tty, fb] => con2fb(num(tty)? as u32, num(fb)? as u32),
+        _ => Err(
+            "usage: guest-pci enable|fill|fill-file|read32|write32|con2fb ... (see source)".into(),
+        ),
     }
 }
 

@@ -7,7 +7,10 @@
 //! - `at=X,Y=RRGGBB`       pixel (X, Y) has that colour;
 //! - `share=RRGGBB>=F`     at least fraction F of the pixels have that colour;
 //! - `colours>=N`          at least N distinct colours (text on a background is 2 or more);
-//! - `other=RRGGBB>=F`     at least fraction F of the pixels differ from that colour.
+//! - `other=RRGGBB>=F`     at least fraction F of the pixels differ from that colour;
+//! - `crc32=HHHHHHHH`      the CRC-32 (IEEE, as zlib's and busybox's `crc32`) of the picture
+//!   as XRGB8888 memory (bytes B, G, R, 0 per pixel, rows top to bottom, no padding) — what a
+//!   guest gets from `crc32 < /dev/fbN` on a framebuffer of that mode whose X bytes are zero.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -39,6 +42,16 @@ fn colour(s: &str) -> Result<[u8; 3], String> {
 
 fn hex(c: [u8; 3]) -> String {
     format!("{:02x}{:02x}{:02x}", c[0], c[1], c[2])
+}
+
+/// CRC-32 of the picture laid out as XRGB8888 memory with zero X bytes.
+fn xrgb_crc32(img: &RgbImage) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    for row in img.rows() {
+        let line: Vec<u8> = row.flat_map(|p| [p.0[2], p.0[1], p.0[0], 0]).collect();
+        crc.update(&line);
+    }
+    crc.finalize()
 }
 
 fn fraction(s: &str) -> Result<f64, String> {
@@ -89,6 +102,14 @@ fn check(st: &Stats, c: &str) -> Result<Option<String>, String> {
                 format!("{n} distinct colours, want >= {min}"),
             ))
         }
+        "crc32" => {
+            let want = u32::from_str_radix(val, 16).map_err(|_| format!("bad crc32 '{val}'"))?;
+            let got = xrgb_crc32(&st.img);
+            Ok(fail(
+                got == want,
+                format!("XRGB8888 crc32 is {got:08x}, want {want:08x}"),
+            ))
+        }
         _ => Err(format!("unknown check '{c}'")),
     }
 }
@@ -96,7 +117,7 @@ fn check(st: &Stats, c: &str) -> Result<Option<String>, String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((path, checks)) = args.split_first() else {
-        eprintln!("usage: png-stat FILE [size=WxH] [at=X,Y=RRGGBB] [share=RRGGBB>=F] [colours>=N] [other=RRGGBB>=F]");
+        eprintln!("usage: png-stat FILE [size=WxH] [at=X,Y=RRGGBB] [share=RRGGBB>=F] [colours>=N] [other=RRGGBB>=F] [crc32=HHHHHHHH]");
         return ExitCode::from(2);
     };
     let img = match image::open(path) {
