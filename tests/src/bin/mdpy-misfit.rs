@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use mdev::device_set::DeviceSets;
 use mdev::parent::cli::{block_shutdown_signals, wait_for_shutdown};
 use mdev::server::DeviceServer;
-use mdev_display::{DisplayDevice, DisplayModel, Framebuffer, Mode};
+use mdev_display::{display_device, DisplayModel, Framebuffer, Mode};
 use mdpy::device::mdpy_config;
 use mdpy::types::FORMAT;
 
@@ -42,11 +42,11 @@ fn size(s: &str) -> Option<(u32, u32)> {
 }
 
 fn serve(socket: &Path, mode: Mode, bar_size: u64) -> Result<(), Box<dyn std::error::Error>> {
-    let config = mdpy_config(&mode, bar_size)?;
+    let config = mdpy_config(&mode)?;
     let framebuffer = Framebuffer::new("mdpy-misfit", bar_size)?;
     let model = Misfit { mode, bar_size };
     log::info!("{}", model.describe());
-    let device = DisplayDevice::new(config, framebuffer, model, Vec::new());
+    let device = display_device(config, framebuffer, model, Vec::new())?;
     block_shutdown_signals();
     let sets = DeviceSets::new();
     let handle = sets.register("mdpy-misfit", Box::new(device), None);
