@@ -184,3 +184,19 @@ fn the_control_socket_answers_garbage_with_a_typed_einval() {
         Reply::Types(t) if t.len() == 2
     ));
 }
+
+#[test]
+fn the_control_server_stops_even_when_its_socket_file_is_gone() {
+    let h = harness(24);
+    let control = ControlServer::start(h.parent.clone()).unwrap();
+    std::fs::remove_file(control.path()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(control);
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok(),
+        "dropping the control server returned"
+    );
+}

@@ -3,16 +3,17 @@
 //! parent; [`ControlClient`] is what the CLI and tests talk to it with.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use log::{debug, info, warn};
 use uuid::Uuid;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::definitions::DefinitionStore;
 use super::driver::{CreateParams, MdevType};
@@ -143,10 +144,43 @@ impl ControlSocket {
     }
 }
 
+/// Waits until `listener` has a client (true) or `stop` is signalled (false).
+fn wait_for_client(listener: &UnixListener, stop: &EventFd) -> bool {
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd structs that outlives the call.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            warn!("control poll failed: {}", io::Error::last_os_error());
+            return false;
+        }
+        if fds[1].revents != 0 {
+            return false;
+        }
+        if fds[0].revents != 0 {
+            return true;
+        }
+    }
+}
+
 /// The control socket server of a parent. Dropping it stops it and removes the socket file
 /// it bound.
 pub struct ControlServer {
-    stop: Arc<AtomicBool>,
+    stop: EventFd,
     thread: Option<JoinHandle<()>>,
     file: SocketFile,
 }
@@ -171,17 +205,16 @@ impl ControlServer {
             definitions,
         });
         let ControlSocket { listener, file } = socket;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
+        // The accept loop waits on the listener and on this eventfd, so stopping it never
+        // depends on the socket file still being there to connect to.
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let stop2 = stop.try_clone()?;
         let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
-                for stream in listener.incoming() {
-                    if stop2.load(Ordering::Acquire) {
-                        return;
-                    }
-                    match stream {
-                        Ok(s) => {
+                while wait_for_client(&listener, &stop2) {
+                    match listener.accept() {
+                        Ok((s, _)) => {
                             let service = service.clone();
                             let _ = std::thread::Builder::new()
                                 .name("control-conn".into())
@@ -210,9 +243,7 @@ impl ControlServer {
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // Wake the accept loop.
-        let _ = UnixStream::connect(&self.file.path);
+        let _ = self.stop.write(1);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
