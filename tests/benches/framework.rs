@@ -2,6 +2,9 @@
 //! - a trapped 4-byte REGION_READ / REGION_WRITE round trip through the `vfio_user` client,
 //!   next to a raw UNIX-socket ping-pong of the same message sizes, and their ratio
 //!   (target: at most 1.3x);
+//! - an interrupt round trip (a write raising MSI, the client's eventfd seen, a write lowering
+//!   it) with one and with two connections routing the vector: what per-connection delivery
+//!   threads cost;
 //! - the cost of one open + close of a device in a set of 1 and in a set of 64 devices
 //!   (target: flat).
 //!
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 use mdev::device_set::{DeviceSetKey, DeviceSets};
 use mdev::server::DeviceServer;
 use mdev::{ConnectionId, OwnerId};
+use mdev_tests::probe_device::REG_IRQ_LINE;
 use mdev_tests::{HookLog, ProbeDevice, ProbeOptions, ScratchDir};
 use vfio_user::Client;
 
@@ -84,6 +88,52 @@ fn region_round_trips(dir: &ScratchDir) -> (f64, f64) {
     (read, write)
 }
 
+/// An interrupt round trip: a 4-byte write raising the line (MSI), then waiting on the
+/// client's eventfd, then a write lowering it. `listeners` connections route the vector
+/// (each gets its own delivery thread); the measuring one waits for its own eventfd.
+fn interrupt_round_trip(dir: &ScratchDir, listeners: usize) -> f64 {
+    use std::os::fd::AsRawFd;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+    let sets = DeviceSets::new();
+    let h = sets.register(
+        "irqbench",
+        Box::new(ProbeDevice::new(
+            "irqbench",
+            HookLog::default(),
+            ProbeOptions::default(),
+        )),
+        None,
+    );
+    let path = dir.join(format!("irq{listeners}.sock"));
+    let _server = DeviceServer::bind(&path, h).unwrap();
+    // DATA_EVENTFD | ACTION_TRIGGER on MSI vector 0.
+    let route = |c: &mut Client, e: &EventFd| c.set_irqs(1, 0x24, 0, 1, &[e.as_raw_fd()]).unwrap();
+    let mut others = Vec::new();
+    for _ in 1..listeners {
+        let mut c = Client::new(&path).unwrap();
+        let e = EventFd::new(EFD_NONBLOCK).unwrap();
+        route(&mut c, &e);
+        others.push((c, e));
+    }
+    let mut c = Client::new(&path).unwrap();
+    let efd = EventFd::new(0).unwrap();
+    route(&mut c, &efd);
+    let n = ITERS / 4;
+    let one = |c: &mut Client| {
+        c.region_write(0, REG_IRQ_LINE, &1u32.to_le_bytes()).unwrap();
+        efd.read().unwrap();
+        c.region_write(0, REG_IRQ_LINE, &0u32.to_le_bytes()).unwrap();
+    };
+    for _ in 0..500 {
+        one(&mut c);
+    }
+    let start = Instant::now();
+    for _ in 0..n {
+        one(&mut c);
+    }
+    per_op(start.elapsed(), n)
+}
+
 fn open_close_cost(set_size: usize) -> f64 {
     let sets = DeviceSets::new();
     let log = HookLog::default();
@@ -126,6 +176,10 @@ fn main() {
     let (read, write) = region_round_trips(&dir);
     println!("trapped 4-byte REGION_READ round trip:  {read:7.2} us   raw ping-pong {raw_read:6.2} us   ratio {:.2}x (target <= 1.3x)", read / raw_read);
     println!("trapped 4-byte REGION_WRITE round trip: {write:7.2} us   raw ping-pong {raw_write:6.2} us   ratio {:.2}x (target <= 1.3x)", write / raw_write);
+    let irq1 = interrupt_round_trip(&dir, 1);
+    let irq2 = interrupt_round_trip(&dir, 2);
+    println!("interrupt round trip (raise, eventfd seen, lower), 1 connection routed: {irq1:7.2} us   {:.2}x two trapped writes", irq1 / (2.0 * write));
+    println!("interrupt round trip, 2 connections routed (each its own delivery):  {irq2:7.2} us   {:.2}x one connection", irq2 / irq1);
     let one = open_close_cost(1);
     let many = open_close_cost(64);
     println!("open+close (first/last, hooks run) in a set of  1: {one:8.1} ns");
