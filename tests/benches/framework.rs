@@ -104,7 +104,7 @@ fn interrupt_round_trip(dir: &ScratchDir, listeners: usize) -> f64 {
         )),
         None,
     );
-    let path = dir.join(format!("irq{listeners}.sock"));
+    let path = dir.path().join(format!("irq{listeners}.sock"));
     let _server = DeviceServer::bind(&path, h).unwrap();
     // DATA_EVENTFD | ACTION_TRIGGER on MSI vector 0.
     let route = |c: &mut Client, e: &EventFd| c.set_irqs(1, 0x24, 0, 1, &[e.as_raw_fd()]).unwrap();
@@ -120,9 +120,11 @@ fn interrupt_round_trip(dir: &ScratchDir, listeners: usize) -> f64 {
     route(&mut c, &efd);
     let n = ITERS / 4;
     let one = |c: &mut Client| {
-        c.region_write(0, REG_IRQ_LINE, &1u32.to_le_bytes()).unwrap();
+        c.region_write(0, REG_IRQ_LINE, &1u32.to_le_bytes())
+            .unwrap();
         efd.read().unwrap();
-        c.region_write(0, REG_IRQ_LINE, &0u32.to_le_bytes()).unwrap();
+        c.region_write(0, REG_IRQ_LINE, &0u32.to_le_bytes())
+            .unwrap();
     };
     for _ in 0..500 {
         one(&mut c);
