@@ -189,6 +189,11 @@ impl<'a> Frame<'a> {
 
     /// The bytes of visible line `y` (`y < height`).
     #[inline]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "`new` and `from_visible` checked that every visible line lies inside `bytes`, \
+                  a slice, so its offsets fit usize"
+    )]
     pub fn line(&self, y: u32) -> &'a [u8] {
         let bpp = self.mode.format.bytes_per_pixel();
         // `new` and `from_visible` checked that every visible line lies inside `bytes`.
@@ -212,7 +217,7 @@ impl<'a> Frame<'a> {
         let format = self.mode.format;
         let bpp = format.bytes_per_pixel();
         for (y, dst) in out.chunks_exact_mut(w * 3).enumerate() {
-            let src = self.line(y as u32);
+            let src = self.line(u32::try_from(y).unwrap_or(u32::MAX));
             match format {
                 PixelFormat::Xrgb8888 => {
                     for (d, s) in dst.chunks_exact_mut(3).zip(src.chunks_exact(4)) {

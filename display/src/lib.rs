@@ -15,7 +15,14 @@
 //! A viewer is one more vfio-user client of the instance: it never resets the device and
 //! closing it leaves the guest undisturbed.
 
-#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
 
 pub mod cli;
 pub mod client;

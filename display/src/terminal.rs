@@ -1,6 +1,11 @@
 //! A live view of a frame in a truecolor terminal: each cell is an upper half block ('▀')
 //! whose foreground is the upper pixel and background the lower one. The picture is scaled
 //! to the terminal (aspect kept) and only cells that changed are redrawn.
+#![expect(
+    clippy::cast_possible_truncation,
+    reason = "cell positions are bounded by the terminal's u16 size and sampled pixel \
+              coordinates by the frame's u32 size"
+)]
 
 use std::io::{self, Write};
 use std::time::Duration;

@@ -40,7 +40,14 @@
 //! than one device of a set always holds that set's lock first. No lock is held while
 //! blocking on a socket.
 
-#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
 
 pub mod device;
 pub mod device_set;

@@ -52,7 +52,7 @@ impl PciRegion {
     /// regions).
     pub fn from_index(index: u32) -> Option<Self> {
         Some(match index {
-            0..=5 => PciRegion::Bar(index as u8),
+            0..=5 => PciRegion::Bar(u8::try_from(index).ok()?),
             ROM_REGION_INDEX => PciRegion::Rom,
             CONFIG_REGION_INDEX => PciRegion::Config,
             VGA_REGION_INDEX => PciRegion::Vga,

@@ -4,6 +4,11 @@
 //!
 //! Timings follow the CVT reduced-blanking rules at 60 Hz (fixed 160-pixel horizontal blank,
 //! at least 460 µs of vertical blank).
+#![expect(
+    clippy::cast_possible_truncation,
+    reason = "EDID packs masked timing fields into bytes: each cast keeps the low bits on purpose; \
+              the values come from the device type, never from a guest"
+)]
 
 use crate::types::Resolution;
 

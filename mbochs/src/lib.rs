@@ -13,7 +13,14 @@
 //! Linux's `bochs` DRM driver binds the function (1234:1111, class 0x0380), finds the DISPI
 //! interface in BAR2, reads the EDID and programs modes with 16-bit MMIO writes.
 
-#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
 
 pub mod device;
 pub mod dispi;

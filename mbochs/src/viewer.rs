@@ -19,6 +19,7 @@ impl ModeReader for DispiModeReader {
         regs: &mut dyn RegisterSource,
         framebuffer_len: u64,
     ) -> Result<Option<Mode>, ClientError> {
+        #[expect(clippy::cast_possible_truncation, reason = "a constant of 22")]
         let mut bytes = [0u8; DISPI_LEN as usize];
         regs.read(BAR2_REGION_INDEX, DISPI_OFFSET, &mut bytes)?;
         let mut endian = [0u8; 4];

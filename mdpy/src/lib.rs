@@ -11,7 +11,14 @@
 //! `tests/guest/mdpy-fb`, on which fbcon runs, or anything that maps BAR0) draws XRGB8888
 //! pixels straight into the shared framebuffer.
 
-#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
 
 pub mod device;
 pub mod driver;

@@ -16,6 +16,7 @@ pub const WIDTH_OFFSET: u64 = 0x48;
 /// Config-space offset of the height (u32).
 pub const HEIGHT_OFFSET: u64 = 0x4c;
 /// Bytes from [`FORMAT_OFFSET`] to the end of the height: the three mode fields.
+#[expect(clippy::cast_possible_truncation, reason = "a constant of 12")]
 pub const MODE_FIELDS_LEN: usize = (HEIGHT_OFFSET + 4 - FORMAT_OFFSET) as usize;
 
 /// The capability's bytes after its 3-byte header (ID, next, length): one pad byte, then
@@ -33,7 +34,7 @@ pub fn mode_capability_body(mode: &Mode) -> Vec<u8> {
 pub fn decode_mode(fields: &[u8; MODE_FIELDS_LEN]) -> Option<Mode> {
     // Every field lies inside the fixed-size array: the offsets are constants below 12.
     let word = |at: u64| {
-        let i = (at - FORMAT_OFFSET) as usize;
+        let i = usize::try_from(at - FORMAT_OFFSET).unwrap_or(0);
         u32::from_le_bytes([fields[i], fields[i + 1], fields[i + 2], fields[i + 3]])
     };
     let format = PixelFormat::from_fourcc(word(FORMAT_OFFSET))?;

@@ -51,9 +51,10 @@ pub fn mtty_config() -> PciConfig {
 /// One 8-byte I/O BAR per port.
 fn port_bars(ports: usize) -> Vec<Bar> {
     (0..ports.min(PCI_NUM_BARS))
+        .filter_map(|i| u8::try_from(i).ok())
         .map(|i| {
             Bar::trapped(
-                i as u8,
+                i,
                 BarSpec {
                     size: PORT_BAR_SIZE,
                     kind: BarKind::Io,

@@ -13,7 +13,14 @@
 //! driver binds. Each port is a 16550A ([`uart`]) that knows nothing of sockets; each port's
 //! host side ([`console`]) runs on its own threads and never holds the device lock.
 
-#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
 
 pub mod card;
 pub mod console;

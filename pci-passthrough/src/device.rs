@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use log::{debug, info, warn};
 use mdev::dma::DmaMapping;
-use mdev::irq::IrqSpan;
+use mdev::irq::{IrqSpan, PCI_NUM_IRQS};
 use mdev::pci::{CommandRegister, PCI_COMMAND};
 use mdev::region::{
     MmapBacking, RegionFlags, RegionInfo, SparseArea, CONFIG_REGION_INDEX, PCI_NUM_REGIONS,
@@ -54,7 +54,7 @@ impl<V: HostVfio> PassthroughDevice<V> {
             .map(|i| device.region_info(i).unwrap_or_default())
             .collect();
         let layout = host_layout(&device);
-        let forwarder = IrqForwarder::new(layout.len() as u32);
+        let forwarder = IrqForwarder::new(u32::try_from(layout.len()).unwrap_or(PCI_NUM_IRQS));
         PassthroughDevice {
             address: device.address(),
             host,

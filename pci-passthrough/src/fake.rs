@@ -362,8 +362,11 @@ impl HostVfio for FakeVfio {
         // Shared memory as large as every region gives a (sealed) memfd standing for the
         // device fd; its mapping is sparse and not used.
         let size = u64::from(FAKE_NUM_REGIONS) * FAKE_REGION_STRIDE;
-        let mem = mdev::SharedMemory::new(&format!("fake-{address}"), size as usize)
-            .map_err(|e| HostError::io("memfd", e))?;
+        let mem = mdev::SharedMemory::new(
+            &format!("fake-{address}"),
+            usize::try_from(size).unwrap_or(usize::MAX),
+        )
+        .map_err(|e| HostError::io("memfd", e))?;
         let file = mem.file().clone();
         self.lock().files.insert(address, Arc::downgrade(&file));
         Ok(FakeDevice {

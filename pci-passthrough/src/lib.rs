@@ -23,7 +23,14 @@
 //! VFIO interface the host offers (group + container, implemented; device cdev + iommufd,
 //! detected and reported, not implemented).
 
-#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    warn(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
 
 pub mod address;
 pub mod client_trust;

@@ -4,6 +4,13 @@
 //! Every ioctl goes through one of the small wrappers at the bottom, each with the argument
 //! struct it takes; the structs come from `vfio-bindings`, the variable-length ones
 //! (`SET_IRQS`, hot reset, region info capabilities) are laid out in `u32`/`u64` buffers.
+#![expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    reason = "the VFIO uapi spells struct sizes, counts and fds as 32-bit words: uapi structs \
+              are small, counts are bounded by the device, fds are non-negative"
+)]
 
 use std::collections::HashMap;
 use std::ffi::CString;

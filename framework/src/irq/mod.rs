@@ -293,7 +293,7 @@ impl IrqState {
         self.indexes
             .iter()
             .position(|i| i.routed_by(owner))
-            .and_then(|p| IrqIndex::from_u32(p as u32))
+            .and_then(|p| u32::try_from(p).ok().and_then(IrqIndex::from_u32))
     }
 
     /// Removes every route of `owner` on the indexes `which` selects; returns its delivery
@@ -377,7 +377,7 @@ impl Interrupts {
 
     /// Number of indices reported to clients.
     pub fn num_indexes(&self) -> u32 {
-        self.lock().indexes.len() as u32
+        u32::try_from(self.lock().indexes.len()).unwrap_or(u32::MAX)
     }
 
     /// What index `index` offers, or `None` past the last index.
@@ -391,7 +391,7 @@ impl Interrupts {
         st.indexes
             .iter()
             .position(|i| i.vectors.iter().any(|v| !v.routes.is_empty()))
-            .and_then(|p| IrqIndex::from_u32(p as u32))
+            .and_then(|p| u32::try_from(p).ok().and_then(IrqIndex::from_u32))
     }
 
     /// The index connection `owner` has routed, if any.

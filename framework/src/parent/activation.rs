@@ -74,7 +74,12 @@ pub fn parse_env(
     Ok(names
         .into_iter()
         .enumerate()
-        .map(|(i, name)| (LISTEN_FDS_START + i as RawFd, name))
+        .filter_map(|(i, name)| {
+            Some((
+                LISTEN_FDS_START.checked_add(RawFd::try_from(i).ok()?)?,
+                name,
+            ))
+        })
         .collect())
 }
 
@@ -140,9 +145,9 @@ impl Activated {
 
 fn sockopt(fd: RawFd, opt: libc::c_int) -> Option<libc::c_int> {
     let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `v`, which outlives the call; an
-    // invalid fd only makes it fail.
+    let mut len: libc::socklen_t = 4; // size_of::<c_int>()
+                                      // SAFETY: getsockopt writes at most `len` bytes into `v`, which outlives the call; an
+                                      // invalid fd only makes it fail.
     let r = unsafe {
         libc::getsockopt(
             fd,

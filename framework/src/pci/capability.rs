@@ -106,7 +106,7 @@ impl MsiCapability {
     /// Log2 of the vector count, the "multiple message capable" field.
     fn mmc(&self) -> u16 {
         let v = self.vectors.clamp(1, MSI_MAX_VECTORS).next_power_of_two();
-        v.trailing_zeros() as u16
+        u16::try_from(v.trailing_zeros()).unwrap_or(0)
     }
 
     /// Offsets of (address high, data, mask, pending) inside the capability.
@@ -260,7 +260,7 @@ impl PciCapability for VendorCapability {
     fn bytes(&self) -> Vec<u8> {
         let len = self.len();
         let mut b = vec![0; len];
-        b[VNDR_LEN] = len as u8;
+        b[VNDR_LEN] = u8::try_from(len).unwrap_or(u8::MAX);
         b[VNDR_HEADER_LEN..].copy_from_slice(&self.body[..len - VNDR_HEADER_LEN]);
         b
     }

@@ -220,6 +220,15 @@ impl From<ConfigError> for crate::DeviceError {
     }
 }
 
+/// The low and high halves of `v`.
+fn split_u64(v: u64) -> [u32; 2] {
+    let b = v.to_le_bytes();
+    [
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+    ]
+}
+
 /// An emulated configuration space.
 #[derive(Clone, Debug)]
 pub struct PciConfig {
@@ -309,9 +318,10 @@ impl PciConfig {
         };
         let size_mask = !(bar.size - 1);
         self.put32(off, low_bits);
-        self.mask32(off, (size_mask as u32) & addr_mask);
+        let [lo, hi] = split_u64(size_mask);
+        self.mask32(off, lo & addr_mask);
         if bar.kind == BarKind::Memory64 {
-            self.mask32(off + 4, (size_mask >> 32) as u32);
+            self.mask32(off + 4, hi);
         }
         self.bars[index] = Some(bar);
         let enable = match bar.kind {
@@ -359,16 +369,18 @@ impl PciConfig {
         self.bytes[off] = cap.id();
         self.bytes[off + 1] = 0;
         self.write_mask[off + 2..end].copy_from_slice(&mask[2..]);
+        // `end` <= 256 was checked above, so the offset fits a byte.
+        let pointer = u8::try_from(off).map_err(|_| ConfigError::CapabilitySpace(bytes.len()))?;
         match self.last_cap {
-            Some(last) => self.bytes[last + 1] = off as u8,
-            None => self.bytes[PCI_CAPABILITY_LIST] = off as u8,
+            Some(last) => self.bytes[last + 1] = pointer,
+            None => self.bytes[PCI_CAPABILITY_LIST] = pointer,
         }
         let status = self.read16(&self.bytes, PCI_STATUS) | StatusRegister::CAP_LIST.bits();
         self.put16(PCI_STATUS, status);
         self.last_cap = Some(off);
         self.next_cap = (end + 3) & !3;
         self.initial = self.bytes;
-        Ok(off as u8)
+        Ok(pointer)
     }
 
     /// Reads `data.len()` bytes at `offset`; bytes beyond the space read as zero.
@@ -393,7 +405,9 @@ impl PciConfig {
 
     fn index(offset: u64, i: usize) -> Option<usize> {
         let o = offset.checked_add(i as u64)?;
-        (o < PCI_CONFIG_SPACE_SIZE as u64).then_some(o as usize)
+        usize::try_from(o)
+            .ok()
+            .filter(|o| *o < PCI_CONFIG_SPACE_SIZE)
     }
 
     /// The whole space.

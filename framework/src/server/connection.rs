@@ -124,7 +124,7 @@ fn peer(sock: &UnixStream, id: ConnectionId) -> Open {
     match nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials) {
         Ok(c) => Open {
             uid: Some(c.uid()),
-            ..Open::new(id, OwnerId(c.pid() as u32))
+            ..Open::new(id, OwnerId(u32::try_from(c.pid()).unwrap_or(0)))
         },
         Err(_) => Open::new(id, OwnerId(0)),
     }
@@ -390,7 +390,7 @@ impl Connection {
                 offset,
                 data,
             } => {
-                let count = data.len() as u32;
+                let count = u32::try_from(data.len()).unwrap_or(u32::MAX);
                 self.check_access(region, offset, count, RegionFlags::WRITE)?;
                 self.handle.lock().write(region, offset, &data)?;
                 Reply::RegionWrite {

@@ -151,7 +151,7 @@ impl DeviceServer {
             handle,
             live: Mutex::new(HashMap::new()),
             max_connections: AtomicUsize::new(DEFAULT_MAX_CONNECTIONS),
-            message_timeout_ms: AtomicU64::new(DEFAULT_MESSAGE_TIMEOUT.as_millis() as u64),
+            message_timeout_ms: AtomicU64::new(DEFAULT_MESSAGE_TIMEOUT.as_secs() * 1000),
             stats: ConnectionStats::default(),
         });
         let shared2 = shared.clone();

@@ -68,7 +68,7 @@ fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<File>) -> io::
         }
         take_fds(&hdr, fds);
         return Ok(Received {
-            bytes: n as usize,
+            bytes: usize::try_from(n).unwrap_or(0),
             truncated: hdr.msg_flags & libc::MSG_CTRUNC != 0,
         });
     }
@@ -419,7 +419,7 @@ impl MessageReader {
             self.buf.resize(want, 0);
         }
         if self.end == self.buf.len() {
-            return Err(WireError::BadSize(want as u32));
+            return Err(WireError::BadSize(u32::try_from(want).unwrap_or(u32::MAX)));
         }
         Ok(())
     }

@@ -490,11 +490,25 @@ pub fn send_reply(
     let header = Header {
         message_id: request.message_id,
         command: request.command,
-        message_size: (HEADER_SIZE + len) as u32,
+        message_size: wire_u32(HEADER_SIZE + len)?,
         flags: flags::TYPE_REPLY,
         error: 0,
     };
     send_parts(sock, header.as_slice(), body, fds)
+}
+
+/// `n` as a 32-bit wire length, or EMSGSIZE (what we send is bounded far below that).
+pub(crate) fn wire_u32(n: usize) -> io::Result<u32> {
+    u32::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::EMSGSIZE))
+}
+
+/// The size of wire struct `T` as a 32-bit `argsz`.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "wire structs are a few dozen bytes"
+)]
+pub(crate) const fn size32<T>() -> u32 {
+    std::mem::size_of::<T>() as u32
 }
 
 /// Sends an error reply carrying `errno`.
@@ -502,9 +516,9 @@ pub fn send_error(sock: &UnixStream, request: &Header, errno: i32) -> io::Result
     let header = Header {
         message_id: request.message_id,
         command: request.command,
-        message_size: HEADER_SIZE as u32,
+        message_size: size32::<Header>(),
         flags: flags::TYPE_REPLY | flags::ERROR,
-        error: errno as u32,
+        error: errno.unsigned_abs(),
     };
     send(sock, &[header.as_slice()], &[])
 }

@@ -9,8 +9,8 @@ use std::os::unix::net::UnixStream;
 use vm_memory::ByteValued;
 
 use super::{
-    send_reply, server_capabilities, CapHeader, DeviceInfoMsg, DmaUnmapMsg, Header, IrqInfoMsg,
-    RegionAccessMsg, RegionInfoMsg, SparseAreaMsg, SparseMmapMsg, VersionMsg,
+    send_reply, server_capabilities, size32, wire_u32, CapHeader, DeviceInfoMsg, DmaUnmapMsg,
+    Header, IrqInfoMsg, RegionAccessMsg, RegionInfoMsg, SparseAreaMsg, SparseMmapMsg, VersionMsg,
     REGION_INFO_CAP_SPARSE_MMAP, SPARSE_MMAP_CAP_VERSION,
 };
 use crate::irq::IrqIndexInfo;
@@ -93,7 +93,7 @@ struct RegionInfoBody {
 fn region_info_body(index: u32, argsz: u32, info: &RegionInfo) -> RegionInfoBody {
     let head_size = size_of::<RegionInfoMsg>();
     let mut head = RegionInfoMsg {
-        argsz: head_size as u32,
+        argsz: size32::<RegionInfoMsg>(),
         flags: info.flags.bits(),
         index,
         cap_offset: 0,
@@ -112,7 +112,7 @@ fn region_info_body(index: u32, argsz: u32, info: &RegionInfo) -> RegionInfoBody
                     version: SPARSE_MMAP_CAP_VERSION,
                     next: 0,
                 },
-                nr_areas: mmap.areas.len() as u32,
+                nr_areas: u32::try_from(mmap.areas.len()).unwrap_or(u32::MAX),
                 reserved: 0,
             };
             caps.extend_from_slice(cap.as_slice());
@@ -123,10 +123,10 @@ fn region_info_body(index: u32, argsz: u32, info: &RegionInfo) -> RegionInfoBody
                 };
                 caps.extend_from_slice(area.as_slice());
             }
-            head.argsz = (head_size + caps.len()) as u32;
+            head.argsz = u32::try_from(head_size + caps.len()).unwrap_or(u32::MAX);
             if argsz >= head.argsz {
                 head.flags |= RegionFlags::CAPS.bits();
-                head.cap_offset = head_size as u32;
+                head.cap_offset = size32::<RegionInfoMsg>();
             } else {
                 // The client's buffer is too small: it learns the size it needs and gets no
                 // capability. CAPS stays clear: QEMU rejects CAPS with a cap_offset outside
@@ -156,7 +156,7 @@ impl Reply<'_> {
                 num_irqs,
             } => {
                 let info = DeviceInfoMsg {
-                    argsz: size_of::<DeviceInfoMsg>() as u32,
+                    argsz: size32::<DeviceInfoMsg>(),
                     flags: *flags,
                     num_regions: *num_regions,
                     num_irqs: *num_irqs,
@@ -173,7 +173,7 @@ impl Reply<'_> {
             }
             Reply::IrqInfo { index, info } => {
                 let out = IrqInfoMsg {
-                    argsz: size_of::<IrqInfoMsg>() as u32,
+                    argsz: size32::<IrqInfoMsg>(),
                     flags: info.flags.bits(),
                     index: *index,
                     count: info.count,
@@ -188,7 +188,7 @@ impl Reply<'_> {
                 let head = RegionAccessMsg {
                     offset: *offset,
                     region: *region,
-                    count: data.len() as u32,
+                    count: wire_u32(data.len())?,
                 };
                 send_reply(sock, request, &[head.as_slice(), data], &[])
             }
@@ -210,7 +210,7 @@ impl Reply<'_> {
                 size,
             } => {
                 let out = DmaUnmapMsg {
-                    argsz: size_of::<DmaUnmapMsg>() as u32,
+                    argsz: size32::<DmaUnmapMsg>(),
                     flags: *flags,
                     address: *address,
                     size: *size,
