@@ -22,6 +22,7 @@ pub mod client;
 pub mod device;
 pub mod format;
 pub mod framebuffer;
+pub mod rfb;
 pub mod snapshot;
 pub mod terminal;
 pub mod testing;
