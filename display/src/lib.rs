@@ -26,6 +26,7 @@ pub mod rfb;
 pub mod snapshot;
 pub mod terminal;
 pub mod testing;
+pub mod vnc;
 
 pub use client::{ClientError, DisplayClient, ModeReader, RegisterSource};
 pub use device::{DisplayDevice, DisplayModel};
