@@ -112,17 +112,15 @@ impl Format {
                     8 * i
                 };
         }
-        let mut out = [0u8; 3];
-        for c in 0..3 {
+        std::array::from_fn(|c| {
             let max = u32::from(self.max[c]);
             let raw = (v >> self.shift[c]) & max;
-            out[c] = if max == 255 {
+            if max == 255 {
                 raw as u8
             } else {
                 (raw * 255 / max.max(1)) as u8
-            };
-        }
-        out
+            }
+        })
     }
 }
 
