@@ -7,7 +7,8 @@
 //! - `at=X,Y=RRGGBB`       pixel (X, Y) has that colour;
 //! - `share=RRGGBB>=F`     at least fraction F of the pixels have that colour;
 //! - `colours>=N`          at least N distinct colours (text on a background is 2 or more);
-//! - `other=RRGGBB>=F`     at least fraction F of the pixels differ from that colour.
+//! - `other=RRGGBB>=F`     at least fraction F of the pixels differ from that colour;
+//! - `same=OTHER.png`      OTHER has the same size and every pixel the same colour.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -89,6 +90,33 @@ fn check(st: &Stats, c: &str) -> Result<Option<String>, String> {
                 format!("{n} distinct colours, want >= {min}"),
             ))
         }
+        "same" => {
+            let other = image::open(val)
+                .map_err(|e| format!("{val}: {e}"))?
+                .to_rgb8();
+            if other.dimensions() != st.img.dimensions() {
+                return Ok(Some(format!(
+                    "{val} is {}x{}, this is {}x{}",
+                    other.width(),
+                    other.height(),
+                    st.img.width(),
+                    st.img.height()
+                )));
+            }
+            let differ = st
+                .img
+                .enumerate_pixels()
+                .filter(|(x, y, p)| other.get_pixel(*x, *y) != *p)
+                .map(|(x, y, _)| (x, y));
+            let (count, first) = differ.fold((0u64, None), |(n, f), xy| (n + 1, f.or(Some(xy))));
+            Ok(first.map(|(x, y)| {
+                format!(
+                    "{count} pixels differ from {val}, the first at ({x},{y}): {} here, {} there",
+                    hex(st.img.get_pixel(x, y).0),
+                    hex(other.get_pixel(x, y).0)
+                )
+            }))
+        }
         _ => Err(format!("unknown check '{c}'")),
     }
 }
@@ -96,7 +124,7 @@ fn check(st: &Stats, c: &str) -> Result<Option<String>, String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((path, checks)) = args.split_first() else {
-        eprintln!("usage: png-stat FILE [size=WxH] [at=X,Y=RRGGBB] [share=RRGGBB>=F] [colours>=N] [other=RRGGBB>=F]");
+        eprintln!("usage: png-stat FILE [size=WxH] [at=X,Y=RRGGBB] [share=RRGGBB>=F] [colours>=N] [other=RRGGBB>=F] [same=OTHER.png]");
         return ExitCode::from(2);
     };
     let img = match image::open(path) {
