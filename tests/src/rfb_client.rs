@@ -403,9 +403,9 @@ impl RfbClient {
         let bpp = self.format.bytes();
         let format = self.format;
         let colour = |b: &[u8]| {
-            let mut px = vec![0u8; bpp];
+            let mut px = [0u8; 4];
             px[at..at + cp].copy_from_slice(b);
-            format.rgb(&px)
+            format.rgb(&px[..bpp])
         };
         let mut s = Stream {
             data: &plain,
