@@ -11,9 +11,9 @@
 //! ```
 //!
 //! Bounds: a viewer's thread holds at most one picture (the latest: a slow viewer skips the
-//! ones in between, never queues them), one update's bytes and one incomplete message; a write
-//! that makes no progress for [`VncConfig::write_timeout`] drops that viewer, a handshake not
-//! done within [`VncConfig::handshake_timeout`] too, and at most [`VncConfig::max_viewers`] are
+//! ones in between, never queues them), one update's bytes and one incomplete message; an
+//! update the viewer has not taken within [`VncConfig::write_timeout`] drops that viewer, a
+//! handshake not done within [`VncConfig::handshake_timeout`] too, and at most [`VncConfig::max_viewers`] are
 //! served at once. Viewers never block one another: each writes from its own thread, and the
 //! store's lock is held only to swap an `Arc`.
 
@@ -56,7 +56,7 @@ pub struct VncConfig {
     pub fps: u32,
     /// Viewers served at once; more are closed at once.
     pub max_viewers: usize,
-    /// A write to a viewer that makes no progress for this long drops the viewer.
+    /// A viewer that has not taken a whole update within this long is dropped.
     pub write_timeout: Duration,
     /// A viewer must finish the handshake within this.
     pub handshake_timeout: Duration,

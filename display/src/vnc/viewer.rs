@@ -29,8 +29,8 @@ pub enum ConnectionError {
     /// No complete handshake in time.
     #[error("no handshake within {0:?}")]
     HandshakeTimeout(Duration),
-    /// The viewer stopped taking data.
-    #[error("the viewer took no data for {0:?}")]
+    /// The viewer did not take an update within the write timeout.
+    #[error("the viewer did not take an update within {0:?}")]
     Stalled(Duration),
 }
 
@@ -61,7 +61,6 @@ impl Viewer {
     /// Serves the viewer until it leaves (`Ok`), breaks something (`Err`) or the store closes.
     pub fn serve(&mut self, config: &VncConfig, sent: &mut Sent) -> Result<(), ConnectionError> {
         self.stream.set_nodelay(true)?;
-        self.stream.set_write_timeout(Some(config.write_timeout))?;
         self.store
             .wait_poll_after(self.polls_at_start, FRESH_CAPTURE_WAIT);
         let mut session = Session::new(&config.name);
@@ -133,17 +132,30 @@ impl Viewer {
         if out.is_empty() {
             return Ok(());
         }
-        match self.stream.write_all(out) {
-            Ok(()) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(ConnectionError::Stalled(config.write_timeout))
+        // The whole update within the write timeout: a viewer trickling its reads cannot
+        // hold this thread (and the picture it encodes from) for longer.
+        let deadline = Instant::now() + config.write_timeout;
+        let mut rest = out;
+        while !rest.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ConnectionError::Stalled(config.write_timeout));
             }
-            Err(e) => return Err(e.into()),
+            self.stream.set_write_timeout(Some(left))?;
+            match self.stream.write(rest) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ConnectionError::Stalled(config.write_timeout))
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         sent.bytes += out.len() as u64;
         session.clear_output();
