@@ -1,61 +1,47 @@
-//! systemd socket activation, end to end with the real `mdpy` binary: the control socket and
-//! an instance's socket are bound by "the service manager" (this test), passed in as fds 3
-//! and 4 with LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES, and served; at shutdown they are left in
-//! place for their owner.
+//! systemd socket activation, end to end with the real `mdpy` binary and systemd's own
+//! `systemd-socket-activate` (Debian's `systemd` package, `tests/provision-host`): it binds
+//! the control socket and an instance's socket, starts `mdpy serve` on the first connection
+//! with them as fds 3 and 4 named `control` and the UUID, and mdpy serves both; at shutdown
+//! they are left in place for their owner.
 
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use mdev_tests::{wait_until, ScratchDir};
 
 const UUID: &str = "5f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9";
 
-fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "mdpy did not exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn passed_in_sockets_are_served_and_left_in_place() {
-    let dir = std::env::temp_dir().join(format!("mdpy-activation-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let control = UnixListener::bind(dir.join("control.sock")).unwrap();
-    let instance = UnixListener::bind(dir.join(format!("{UUID}.sock"))).unwrap();
-    let (cfd, ifd) = (control.as_raw_fd(), instance.as_raw_fd());
-
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(r#"LISTEN_PID=$$ LISTEN_FDS=2 LISTEN_FDNAMES="control:$1" exec "$0" serve --dir "$2" --create "xga,uuid=$1""#)
+    let dir = ScratchDir::new("mdpy-activation");
+    let control = dir.join("control.sock");
+    let instance = dir.join(&format!("{UUID}.sock"));
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("--listen")
+        .arg(&control)
+        .arg("--listen")
+        .arg(&instance)
+        .arg(format!("--fdname=control:{UUID}"))
         .arg(env!("CARGO_BIN_EXE_mdpy"))
-        .arg(UUID)
-        .arg(&dir)
+        .args(["serve", "--dir"])
+        .arg(dir.path())
+        .arg("--create")
+        .arg(format!("xga,uuid={UUID}"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec: move the two
-    // listeners out of the way, then onto fds 3 and 4 (dup2 clears close-on-exec).
-    unsafe {
-        cmd.pre_exec(move || {
-            let c = libc::fcntl(cfd, libc::F_DUPFD, 100);
-            let i = libc::fcntl(ifd, libc::F_DUPFD, 100);
-            if c < 0 || i < 0 || libc::dup2(c, 3) < 0 || libc::dup2(i, 4) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn mdpy");
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate (Debian's systemd package; tests/provision-host)");
 
-    // The instance answers on the passed-in socket (the listener queues the connection even
-    // before mdpy accepts).
-    let mut client = vfio_user::Client::new(&dir.join(format!("{UUID}.sock"))).expect("connect");
+    // The first connection to the instance's socket starts mdpy, which serves it there.
+    let mut client = None;
+    wait_until("the instance socket answers", || {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "systemd-socket-activate exited"
+        );
+        client = vfio_user::Client::new(&instance).ok();
+        client.is_some()
+    });
+    let mut client = client.expect("connected");
     let mut id = [0u8; 4];
     client.region_read(7, 0, &mut id).expect("config read");
     assert_eq!(
@@ -68,7 +54,7 @@ fn passed_in_sockets_are_served_and_left_in_place() {
     // The control socket is the passed-in one too: `mdpy list` finds the instance there.
     let out = Command::new(env!("CARGO_BIN_EXE_mdpy"))
         .args(["list", "--json", "--dir"])
-        .arg(&dir)
+        .arg(dir.path())
         .output()
         .expect("mdpy list");
     let listing = String::from_utf8_lossy(&out.stdout);
@@ -77,17 +63,17 @@ fn passed_in_sockets_are_served_and_left_in_place() {
         "list: {listing}"
     );
 
-    // SAFETY: signalling our own child.
+    // SAFETY: signalling our own child (systemd-socket-activate exec'd into mdpy).
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    assert!(wait_exit(&mut child).success(), "mdpy exits cleanly");
+    let mut status = None;
+    wait_until("mdpy exits after SIGTERM", || {
+        status = child.try_wait().expect("wait");
+        status.is_some()
+    });
+    assert!(status.is_some_and(|s| s.success()), "mdpy exits cleanly");
     assert!(
-        dir.join("control.sock").exists(),
+        control.exists(),
         "the manager's control socket is left alone"
     );
-    assert!(
-        dir.join(format!("{UUID}.sock")).exists(),
-        "the manager's instance socket too"
-    );
-    drop((control, instance));
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(instance.exists(), "the manager's instance socket too");
 }

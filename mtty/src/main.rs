@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use mdev::parent::cli::{run, ParentCommand};
+use mdev::parent::GenerateDocs;
 use mtty::console::terminal::LogWriter;
 use mtty::driver::{DEFAULT_MAX_PORTS, DRIVER_NAME};
 use mtty::MttyDriver;
@@ -32,6 +33,9 @@ enum Command {
         /// The port's console socket.
         socket: PathBuf,
     },
+    /// Write man pages and shell completions (see contrib/generate-docs).
+    #[command(hide = true)]
+    GenerateDocs(GenerateDocs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
                 1
             }
         },
+        Command::GenerateDocs(docs) => docs.run(Cli::command()),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use log::{error, info, warn};
 use mdev::parent::cli::{block_shutdown_signals, wait_for_shutdown};
+use mdev::parent::GenerateDocs;
 use mdev::pci::CommandRegister;
 use mdev::region::{RegionFlags, CONFIG_REGION_INDEX};
 use mdev::server::DeviceServer;
@@ -73,6 +74,9 @@ enum Command {
         /// The PCI function.
         address: PciAddress,
     },
+    /// Write man pages and shell completions (see contrib/generate-docs).
+    #[command(hide = true)]
+    GenerateDocs(GenerateDocs),
 }
 
 fn socket_path(dir: &Path, address: PciAddress) -> PathBuf {
@@ -365,6 +369,9 @@ fn main() -> ExitCode {
             iterations,
             address,
         } => bench(&dir, address, region, offset, iterations),
+        Command::GenerateDocs(docs) => {
+            return ExitCode::from(u8::try_from(docs.run(Cli::command())).unwrap_or(1))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

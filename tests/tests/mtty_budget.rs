@@ -4,7 +4,10 @@
 
 mod mtty_guest;
 
-use mdev::parent::{control_request, ControlServer, CreateParams, Request};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+
+use mdev::parent::{ControlClient, ControlServer, CreateParams, Reply, CONTROL_SOCKET};
 use mdev_tests::{wait_until, RawClient};
 use mtty_guest::{harness, Harness};
 use uuid::Uuid;
@@ -129,42 +132,55 @@ fn a_client_arriving_during_a_remove_is_refused_not_accepted_then_closed() {
 fn the_control_socket_lists_creates_and_removes() {
     let h = harness(4);
     let _control = ControlServer::start(h.parent.clone()).unwrap();
-    let dir = h.dir.path();
-    let types = control_request(dir, &Request::Types).unwrap();
-    assert_eq!(types[1]["name"], "mtty-2");
-    assert_eq!(types[1]["available_instances"], 2);
+    let mut client = ControlClient::connect(h.dir.path()).unwrap();
+    let types = client.types().unwrap();
+    assert_eq!(types[1].name, "mtty-2");
+    assert_eq!(types[1].available_instances, 2);
     let uuid = Uuid::new_v4();
-    let created = control_request(
-        dir,
-        &Request::Create {
-            type_name: "mtty-2".into(),
-            uuid: Some(uuid),
-            params: [("port0".to_string(), "loopback".to_string())].into(),
-        },
-    )
-    .unwrap();
-    assert_eq!(created["uuid"], uuid.to_string());
-    let list = control_request(dir, &Request::List).unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 1);
-    let err = control_request(
-        dir,
-        &Request::Create {
-            type_name: "mtty-2".into(),
-            uuid: None,
-            params: CreateParams::new(),
-        },
+    let params: CreateParams = [("port0".to_string(), "loopback".to_string())].into();
+    let created = client.create("mtty-2", Some(uuid), &params).unwrap();
+    assert_eq!(created.uuid, uuid);
+    assert_eq!(created.params, params);
+    assert_eq!(client.list().unwrap().len(), 1);
+    assert!(
+        client.create("mtty-2", None, &CreateParams::new()).is_ok(),
+        "4 ports: a second mtty-2 fits"
     );
-    assert!(err.is_ok(), "4 ports: a second mtty-2 fits");
-    let full = control_request(
-        dir,
-        &Request::Create {
-            type_name: "mtty-1".into(),
-            uuid: None,
-            params: CreateParams::new(),
-        },
-    )
-    .unwrap_err();
-    assert_eq!(full.errno, libc::ENOSPC);
-    control_request(dir, &Request::Remove { uuid, force: false }).unwrap();
+    let full = client
+        .create("mtty-1", None, &CreateParams::new())
+        .unwrap_err();
+    assert_eq!((full.errno, full.name.as_str()), (libc::ENOSPC, "ENOSPC"));
+    assert!(full.message.contains("0 of 4 free"), "{full}");
+    // A parent without definitions cannot start one.
+    let start = client.start(Uuid::new_v4()).unwrap_err();
+    assert_eq!(start.errno, libc::ENOTSUP);
+    client.remove(uuid, false).unwrap();
+    let gone = client.remove(uuid, false).unwrap_err();
+    assert_eq!((gone.errno, gone.name.as_str()), (libc::ENOENT, "ENOENT"));
     assert_eq!(h.driver.budget().free(), 2);
+}
+
+#[test]
+fn the_control_socket_answers_garbage_with_a_typed_einval() {
+    let h = harness(4);
+    let _control = ControlServer::start(h.parent.clone()).unwrap();
+    let mut s = UnixStream::connect(h.dir.path().join(CONTROL_SOCKET)).unwrap();
+    writeln!(s, r#"{{"op":"format-disk"}}"#).unwrap();
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).unwrap();
+    match serde_json::from_str::<Reply>(&line).unwrap() {
+        Reply::Error(e) => {
+            assert_eq!((e.errno, e.name.as_str()), (libc::EINVAL, "EINVAL"));
+            assert!(e.message.contains("bad request"), "{e}");
+        }
+        other => panic!("garbage answered with {other:?}"),
+    }
+    // The same connection still serves well-formed requests.
+    writeln!(s, r#"{{"op":"types"}}"#).unwrap();
+    line.clear();
+    BufReader::new(&s).read_line(&mut line).unwrap();
+    assert!(matches!(
+        serde_json::from_str::<Reply>(&line).unwrap(),
+        Reply::Types(t) if t.len() == 2
+    ));
 }

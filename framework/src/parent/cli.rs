@@ -1,17 +1,28 @@
-//! The subcommands every sample binary shares: `serve`, `types`, `list`, `create`, `remove`.
-//! A binary flattens [`ParentCommand`] into its own CLI and calls [`run`].
+//! The subcommands every sample binary shares. A binary flattens [`ParentCommand`] into its
+//! own CLI and calls [`run`].
+//!
+//! - `serve`: the parent (see [`super::serve`]);
+//! - `types`, `list`, `create`, `remove`, `start`, `stop`: talk to the running parent over
+//!   its control socket;
+//! - `define`, `undefine`, `list --defined`: act on the definitions directory, with or
+//!   without a running parent (`list --defined` asks it, when it runs, which are running).
+//!
+//! With `--json`, a result is one JSON document on stdout, and so is a failure:
+//! `{"error":{"errno":16,"name":"EBUSY","message":"…"}}`, with exit status 1.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
-use log::{error, info, warn};
+use serde::Serialize;
 use uuid::Uuid;
 
-use super::activation::Activated;
-use super::control::{control_request, ControlServer, Request};
+use super::control::ControlClient;
+use super::definitions::{Definition, DefinitionStore};
 use super::driver::{CreateParams, MdevDriver, MdevType};
-use super::instances::{InstanceInfo, Parent};
+use super::instances::InstanceInfo;
+use super::protocol::ControlError;
+pub use super::serve::{block_shutdown_signals, wait_for_shutdown};
 
 /// Default socket directory of a driver: `$XDG_RUNTIME_DIR/NAME` or `/tmp/NAME-UID`.
 pub fn default_dir(driver: &str) -> PathBuf {
@@ -20,6 +31,24 @@ pub fn default_dir(driver: &str) -> PathBuf {
         // SAFETY: getuid has no preconditions and cannot fail.
         None => PathBuf::from(format!("/tmp/{driver}-{}", unsafe { libc::getuid() })),
     }
+}
+
+/// Default definitions directory of a driver: `/etc/mdev/NAME` for root, else
+/// `$XDG_CONFIG_HOME/mdev/NAME` (`~/.config/mdev/NAME`).
+pub fn default_defs_dir(driver: &str) -> PathBuf {
+    let system = PathBuf::from("/etc/mdev").join(driver);
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return system;
+    }
+    let nonempty = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    nonempty("XDG_CONFIG_HOME")
+        .or_else(|| nonempty("HOME").map(|h| h.join(".config")))
+        .map_or(system, |c| c.join("mdev").join(driver))
 }
 
 /// Where the parent's sockets live.
@@ -37,15 +66,36 @@ impl DirArg {
     }
 }
 
+/// Where the definitions live.
+#[derive(Args, Debug, Clone)]
+pub struct DefsArg {
+    /// Definitions directory, one UUID.json per defined instance [default: /etc/mdev/DRIVER
+    /// for root, else $XDG_CONFIG_HOME/mdev/DRIVER].
+    #[arg(long = "defs", env = "MDEV_DEFS_DIR", value_name = "DIR")]
+    pub defs: Option<PathBuf>,
+}
+
+impl DefsArg {
+    /// The directory given, or `driver`'s [`default_defs_dir`].
+    pub fn resolve(&self, driver: &str) -> PathBuf {
+        self.defs
+            .clone()
+            .unwrap_or_else(|| default_defs_dir(driver))
+    }
+}
+
 /// The shared subcommands.
 #[derive(Subcommand, Debug, Clone)]
 pub enum ParentCommand {
-    /// Run the parent: serve the control socket and the instances given with --create until
-    /// SIGINT/SIGTERM.
+    /// Run the parent: serve the control socket, the instances given with --create and every
+    /// definition marked --auto, until SIGINT/SIGTERM.
     Serve {
         /// Where the parent's sockets are.
         #[command(flatten)]
         dir: DirArg,
+        /// Where the definitions are.
+        #[command(flatten)]
+        defs: DefsArg,
         /// Create an instance at start: TYPE[,uuid=UUID][,KEY=VALUE…] (repeatable).
         #[arg(long = "create", value_name = "SPEC")]
         create: Vec<String>,
@@ -59,16 +109,23 @@ pub enum ParentCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List instances (uuid, type, socket, open connections, device set, who holds each).
+    /// List running instances (uuid, type, socket, open connections, device set, who holds
+    /// each), or with --defined the definitions and whether each is running.
     List {
         /// Where the parent's sockets are.
         #[command(flatten)]
         dir: DirArg,
+        /// List the definitions instead, each running or stopped.
+        #[arg(long)]
+        defined: bool,
+        /// Where the definitions are (with --defined).
+        #[command(flatten)]
+        defs: DefsArg,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Create an instance in a running parent.
+    /// Create an instance in a running parent (gone when the parent stops; see define).
     Create {
         /// Where the parent's sockets are.
         #[command(flatten)]
@@ -96,6 +153,67 @@ pub enum ParentCommand {
         /// Remove even if clients are connected (they are disconnected).
         #[arg(long)]
         force: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Define a persistent instance: write DEFS/UUID.json (no parent needed). With --auto,
+    /// the parent starts it whenever it starts.
+    Define {
+        /// Where the definitions are.
+        #[command(flatten)]
+        defs: DefsArg,
+        /// Type name.
+        #[arg(value_name = "TYPE")]
+        type_name: String,
+        /// Instance UUID (a fresh one if omitted).
+        #[arg(long)]
+        uuid: Option<Uuid>,
+        /// KEY=VALUE parameter (repeatable).
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// Start it whenever the parent starts.
+        #[arg(long)]
+        auto: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a definition (a running instance keeps running).
+    Undefine {
+        /// Where the definitions are.
+        #[command(flatten)]
+        defs: DefsArg,
+        /// Instance UUID.
+        uuid: Uuid,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a defined instance in the running parent (from the parent's definitions).
+    Start {
+        /// Where the parent's sockets are.
+        #[command(flatten)]
+        dir: DirArg,
+        /// Instance UUID.
+        uuid: Uuid,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a running instance; its definition stays.
+    Stop {
+        /// Where the parent's sockets are.
+        #[command(flatten)]
+        dir: DirArg,
+        /// Instance UUID.
+        uuid: Uuid,
+        /// Stop even if clients are connected (they are disconnected).
+        #[arg(long)]
+        force: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -125,59 +243,38 @@ pub fn parse_create_spec(spec: &str) -> Result<(String, Option<Uuid>, CreatePara
     Ok((type_name, uuid, params))
 }
 
-fn parse_params(list: &[String]) -> Result<CreateParams, String> {
+fn parse_params(list: &[String]) -> Result<CreateParams, ControlError> {
     list.iter()
         .map(|p| {
             p.split_once('=')
                 .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| format!("'{p}' is not KEY=VALUE"))
+                .ok_or_else(|| ControlError::invalid(format!("'{p}' is not KEY=VALUE")))
         })
         .collect()
 }
 
-/// The signals that stop `serve`.
-fn shutdown_signals() -> nix::sys::signal::SigSet {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set
-}
-
-/// Blocks SIGINT and SIGTERM in the calling thread (and every thread it spawns later), so
-/// [`wait_for_shutdown`] can take them synchronously.
-pub fn block_shutdown_signals() {
-    let _ = shutdown_signals().thread_block();
-}
-
-/// Waits for SIGINT or SIGTERM (blocked first with [`block_shutdown_signals`]).
-pub fn wait_for_shutdown() {
-    if let Ok(sig) = shutdown_signals().wait() {
-        info!("{sig:?} received, shutting down");
-    }
-}
-
-fn print_types(types: &[MdevType]) {
-    println!(
-        "{:<16} {:>9}  {:<9} DESCRIPTION",
+fn types_text(types: &[MdevType]) -> String {
+    let mut s = format!(
+        "{:<16} {:>9}  {:<9} DESCRIPTION\n",
         "TYPE", "AVAILABLE", "API"
     );
     for t in types {
-        println!(
-            "{:<16} {:>9}  {:<9} {}",
+        s += &format!(
+            "{:<16} {:>9}  {:<9} {}\n",
             t.name, t.available_instances, t.device_api, t.description
         );
     }
+    s
 }
 
-fn print_instances(list: &[InstanceInfo]) {
-    println!(
-        "{:<36}  {:<12} {:>5}  {:<20} SOCKET",
+fn instances_text(list: &[InstanceInfo]) -> String {
+    let mut s = format!(
+        "{:<36}  {:<12} {:>5}  {:<20} SOCKET\n",
         "UUID", "TYPE", "OPEN", "DEVICE SET"
     );
     for i in list {
-        println!(
-            "{:<36}  {:<12} {:>5}  {:<20} {}",
+        s += &format!(
+            "{:<36}  {:<12} {:>5}  {:<20} {}\n",
             i.uuid,
             i.type_name,
             i.open_connections,
@@ -185,138 +282,299 @@ fn print_instances(list: &[InstanceInfo]) {
             i.socket.display()
         );
         if !i.description.is_empty() {
-            println!("    {}", i.description);
+            s += &format!("    {}\n", i.description);
         }
         for h in &i.holders {
             let uid = h.uid.map_or_else(|| "?".to_string(), |u| u.to_string());
             let role = if h.driving { "driving" } else { "passive" };
-            println!(
-                "    held by conn#{}: pid {} uid {uid} ({role})",
+            s += &format!(
+                "    held by conn#{}: pid {} uid {uid} ({role})\n",
                 h.connection, h.pid
             );
         }
     }
+    s
+}
+
+/// Whether a defined instance is running in the parent.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum DefinedState {
+    Running,
+    Stopped,
+}
+
+/// One definition in `list --defined`.
+#[derive(Serialize, Debug)]
+struct DefinedEntry {
+    #[serde(flatten)]
+    definition: Definition,
+    file: PathBuf,
+    state: DefinedState,
+    /// Its socket, while running.
+    socket: Option<PathBuf>,
+}
+
+/// A file `list --defined` could not use.
+#[derive(Serialize, Debug)]
+struct UnreadableEntry {
+    file: Option<PathBuf>,
+    error: ControlError,
+}
+
+/// What `list --defined --json` prints.
+#[derive(Serialize, Debug)]
+struct DefinedListing {
+    dir: PathBuf,
+    parent_running: bool,
+    definitions: Vec<DefinedEntry>,
+    unreadable: Vec<UnreadableEntry>,
+}
+
+fn defined_text(listing: &DefinedListing) -> String {
+    let mut s = format!(
+        "{:<36}  {:<12} {:<4}  {:<8} PARAMS\n",
+        "UUID", "TYPE", "AUTO", "STATE"
+    );
+    for e in &listing.definitions {
+        let d = &e.definition;
+        let params: Vec<String> = d.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let state = match e.state {
+            DefinedState::Running => "running",
+            DefinedState::Stopped => "stopped",
+        };
+        s += &format!(
+            "{:<36}  {:<12} {:<4}  {:<8} {}\n",
+            d.uuid,
+            d.type_name,
+            if d.auto { "yes" } else { "no" },
+            state,
+            params.join(",")
+        );
+    }
+    for u in &listing.unreadable {
+        s += &format!("unreadable: {}\n", u.error.message);
+    }
+    s
+}
+
+/// The definitions in `defs`, each marked running or stopped from the parent serving `dir`
+/// (all stopped when none runs).
+fn list_defined(dir: &Path, defs: &Path) -> Result<DefinedListing, ControlError> {
+    let store = DefinitionStore::new(defs);
+    let scan = store.scan()?;
+    let running = match ControlClient::connect(dir) {
+        Ok(mut c) => Some(c.list()?),
+        Err(e) if [libc::ENOENT, libc::ECONNREFUSED].contains(&e.errno) => None,
+        Err(e) => return Err(e),
+    };
+    let definitions = scan
+        .definitions
+        .into_iter()
+        .map(|definition| {
+            let live = running.iter().flatten().find(|i| i.uuid == definition.uuid);
+            DefinedEntry {
+                file: store.path_of(definition.uuid),
+                state: if live.is_some() {
+                    DefinedState::Running
+                } else {
+                    DefinedState::Stopped
+                },
+                socket: live.map(|i| i.socket.clone()),
+                definition,
+            }
+        })
+        .collect();
+    let unreadable = scan
+        .unreadable
+        .iter()
+        .map(|e| UnreadableEntry {
+            file: e.path().map(Path::to_path_buf),
+            error: ControlError::from(e),
+        })
+        .collect();
+    Ok(DefinedListing {
+        dir: defs.to_path_buf(),
+        parent_running: running.is_some(),
+        definitions,
+        unreadable,
+    })
+}
+
+/// What a client subcommand produced: the document `--json` prints, and the text printed
+/// otherwise.
+struct Outcome {
+    json: String,
+    text: String,
+}
+
+impl Outcome {
+    fn new<T: Serialize>(value: &T, text: String) -> Result<Self, ControlError> {
+        let json = serde_json::to_string(value)
+            .map_err(|e| ControlError::new(libc::EINVAL, format!("cannot encode: {e}")))?;
+        Ok(Outcome { json, text })
+    }
+}
+
+/// `{"error": {"errno": …, "name": …, "message": …}}`, what a failure prints with `--json`.
+#[derive(Serialize)]
+struct ErrorDocument<'a> {
+    error: &'a ControlError,
+}
+
+/// `{"uuid": …, "file": …}`, what `undefine --json` prints.
+#[derive(Serialize)]
+struct Undefined {
+    uuid: Uuid,
+    file: PathBuf,
+}
+
+/// `{"uuid": …}`, what `remove --json` and `stop --json` print.
+#[derive(Serialize)]
+struct Removed {
+    uuid: Uuid,
+}
+
+/// A definition and its file, what `define --json` prints.
+#[derive(Serialize)]
+struct Defined {
+    #[serde(flatten)]
+    definition: Definition,
+    file: PathBuf,
 }
 
 /// Runs one of the shared subcommands for `driver_name`; `make_driver` builds the driver for
-/// `serve`. Returns the process exit code.
+/// `serve` (and tells `define` the type names). Returns the process exit code.
 pub fn run(
     driver_name: &str,
     cmd: ParentCommand,
     make_driver: impl FnOnce() -> Arc<dyn MdevDriver>,
 ) -> i32 {
-    let dir_of = |d: &DirArg| d.resolve(driver_name);
-    let fail = |what: String| {
-        eprintln!("{driver_name}: {what}");
-        1
+    if let ParentCommand::Serve { dir, defs, create } = &cmd {
+        return super::serve::serve(
+            driver_name,
+            &dir.resolve(driver_name),
+            &defs.resolve(driver_name),
+            create,
+            make_driver,
+        );
+    }
+    let json = match &cmd {
+        ParentCommand::Serve { .. } => false,
+        ParentCommand::Types { json, .. }
+        | ParentCommand::List { json, .. }
+        | ParentCommand::Create { json, .. }
+        | ParentCommand::Remove { json, .. }
+        | ParentCommand::Define { json, .. }
+        | ParentCommand::Undefine { json, .. }
+        | ParentCommand::Start { json, .. }
+        | ParentCommand::Stop { json, .. } => *json,
     };
-    match cmd {
-        ParentCommand::Serve { dir, create } => {
-            block_shutdown_signals();
-            let dir = dir_of(&dir);
-            let parent = match Parent::new(make_driver(), &dir) {
-                Ok(p) => p,
-                Err(e) => return fail(format!("cannot use {}: {e}", dir.display())),
-            };
-            // Sockets passed in by a service manager (systemd socket activation), if any.
-            let mut activated = match Activated::from_env() {
-                Ok(a) => a,
-                Err(e) => return fail(format!("socket activation: {e}")),
-            };
-            let control = match ControlServer::start_on(parent.clone(), activated.take_control()) {
-                Ok(c) => c,
-                Err(e) => return fail(format!("control socket: {e}")),
-            };
-            for spec in &create {
-                let created =
-                    parse_create_spec(spec)
-                        .map_err(|e| e.to_string())
-                        .and_then(|(t, u, p)| {
-                            let listener = u.and_then(|u| activated.take(&u.to_string()));
-                            parent
-                                .create_on(&t, u, &p, listener)
-                                .map_err(|e| e.to_string())
-                        });
-                match created {
-                    Ok(info) => {
-                        println!("{} {} {}", info.uuid, info.type_name, info.socket.display())
-                    }
-                    Err(e) => {
-                        error!("{spec}: {e}");
-                        parent.shutdown();
-                        return fail(format!("{spec}: {e}"));
-                    }
-                }
-            }
-            for name in activated.leftover() {
-                warn!("{driver_name}: passed-in socket {name} matches no instance; ignored");
-            }
-            info!("{driver_name}: control socket {}", control.path().display());
-            wait_for_shutdown();
-            drop(control);
-            parent.shutdown();
+    match run_client(driver_name, cmd, make_driver) {
+        Ok(out) if json => {
+            println!("{}", out.json);
             0
         }
-        ParentCommand::Types { dir, json } => match control_request(&dir_of(&dir), &Request::Types)
-        {
-            Ok(v) if json => {
-                println!("{v}");
-                0
+        Ok(out) => {
+            print!("{}", out.text);
+            0
+        }
+        Err(error) if json => {
+            match serde_json::to_string(&ErrorDocument { error: &error }) {
+                Ok(doc) => println!("{doc}"),
+                Err(_) => eprintln!("{driver_name}: {error}"),
             }
-            Ok(v) => {
-                print_types(&serde_json::from_value::<Vec<MdevType>>(v).unwrap_or_default());
-                0
-            }
-            Err(e) => fail(e.to_string()),
-        },
-        ParentCommand::List { dir, json } => match control_request(&dir_of(&dir), &Request::List) {
-            Ok(v) if json => {
-                println!("{v}");
-                0
-            }
-            Ok(v) => {
-                print_instances(
-                    &serde_json::from_value::<Vec<InstanceInfo>>(v).unwrap_or_default(),
-                );
-                0
-            }
-            Err(e) => fail(e.to_string()),
-        },
+            1
+        }
+        Err(e) => {
+            eprintln!("{driver_name}: {e}");
+            1
+        }
+    }
+}
+
+fn run_client(
+    driver_name: &str,
+    cmd: ParentCommand,
+    make_driver: impl FnOnce() -> Arc<dyn MdevDriver>,
+) -> Result<Outcome, ControlError> {
+    let connect = |d: &DirArg| ControlClient::connect(&d.resolve(driver_name));
+    match cmd {
+        ParentCommand::Serve { .. } => Err(ControlError::invalid("serve is not a client")),
+        ParentCommand::Types { dir, .. } => {
+            let types = connect(&dir)?.types()?;
+            Outcome::new(&types, types_text(&types))
+        }
+        ParentCommand::List {
+            dir,
+            defined: false,
+            ..
+        } => {
+            let list = connect(&dir)?.list()?;
+            Outcome::new(&list, instances_text(&list))
+        }
+        ParentCommand::List {
+            dir,
+            defined: true,
+            defs,
+            ..
+        } => {
+            let listing = list_defined(&dir.resolve(driver_name), &defs.resolve(driver_name))?;
+            Outcome::new(&listing, defined_text(&listing))
+        }
         ParentCommand::Create {
             dir,
             type_name,
             uuid,
             params,
-            json,
+            ..
         } => {
-            let params = match parse_params(&params) {
-                Ok(p) => p,
-                Err(e) => return fail(e),
-            };
-            match control_request(
-                &dir_of(&dir),
-                &Request::Create {
-                    type_name,
-                    uuid,
-                    params,
-                },
-            ) {
-                Ok(v) if json => {
-                    println!("{v}");
-                    0
-                }
-                Ok(v) => {
-                    println!("{}", v["socket"].as_str().unwrap_or_default());
-                    0
-                }
-                Err(e) => fail(e.to_string()),
-            }
+            let params = parse_params(&params)?;
+            let info = connect(&dir)?.create(&type_name, uuid, &params)?;
+            Outcome::new(&info, format!("{}\n", info.socket.display()))
         }
-        ParentCommand::Remove { dir, uuid, force } => {
-            match control_request(&dir_of(&dir), &Request::Remove { uuid, force }) {
-                Ok(_) => 0,
-                Err(e) => fail(e.to_string()),
+        ParentCommand::Start { dir, uuid, .. } => {
+            let info = connect(&dir)?.start(uuid)?;
+            Outcome::new(&info, format!("{}\n", info.socket.display()))
+        }
+        ParentCommand::Remove {
+            dir, uuid, force, ..
+        }
+        | ParentCommand::Stop {
+            dir, uuid, force, ..
+        } => {
+            connect(&dir)?.remove(uuid, force)?;
+            Outcome::new(&Removed { uuid }, String::new())
+        }
+        ParentCommand::Define {
+            defs,
+            type_name,
+            uuid,
+            params,
+            auto,
+            ..
+        } => {
+            let params = parse_params(&params)?;
+            let types: Vec<String> = make_driver().types().into_iter().map(|t| t.name).collect();
+            if !types.contains(&type_name) {
+                return Err(ControlError::invalid(format!(
+                    "{driver_name} has no type '{type_name}' (types: {})",
+                    types.join(", ")
+                )));
             }
+            let definition = Definition {
+                uuid: uuid.unwrap_or_else(Uuid::new_v4),
+                type_name,
+                params,
+                auto,
+            };
+            let file = DefinitionStore::new(defs.resolve(driver_name)).define(&definition)?;
+            let text = format!("{}\n", definition.uuid);
+            Outcome::new(&Defined { definition, file }, text)
+        }
+        ParentCommand::Undefine { defs, uuid, .. } => {
+            let file = DefinitionStore::new(defs.resolve(driver_name)).undefine(uuid)?;
+            Outcome::new(&Undefined { uuid, file }, String::new())
         }
     }
 }
@@ -336,5 +594,12 @@ mod tests {
         assert!(parse_create_spec("").is_err());
         assert!(parse_create_spec("vga,novalue").is_err());
         assert!(parse_create_spec("vga,uuid=nope").is_err());
+    }
+
+    #[test]
+    fn params_that_are_not_key_value_are_einval() {
+        let e = parse_params(&["port0=pty".into(), "oops".into()]).unwrap_err();
+        assert_eq!((e.errno, e.name.as_str()), (libc::EINVAL, "EINVAL"));
+        assert!(e.message.contains("'oops'"));
     }
 }

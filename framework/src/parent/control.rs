@@ -1,8 +1,6 @@
-//! The control socket of a parent (`DIR/control.sock`): one JSON request per line, one JSON
-//! response per line. `{"op":"types"}`, `{"op":"list"}`,
-//! `{"op":"create","type":"mtty-2","uuid":null,"params":{}}`,
-//! `{"op":"remove","uuid":"…","force":false}`. A response is `{"ok":true,"result":…}` or
-//! `{"ok":false,"errno":N,"error":"…"}`.
+//! The control socket of a parent (`DIR/control.sock`): one JSON [`Request`] per line, one
+//! JSON [`Reply`] per line (see [`super::protocol`]). [`ControlServer`] answers it in the
+//! parent; [`ControlClient`] is what the CLI and tests talk to it with.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -13,81 +11,54 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use log::{debug, warn};
-use serde::{Deserialize, Serialize};
+use log::{debug, info, warn};
 use uuid::Uuid;
 
-use super::driver::CreateParams;
-use super::instances::Parent;
+use super::definitions::DefinitionStore;
+use super::driver::{CreateParams, MdevType};
+use super::instances::{InstanceInfo, Parent};
+use super::protocol::{ControlError, Reply, Request};
 
 /// Name of the control socket inside a parent's directory.
 pub const CONTROL_SOCKET: &str = "control.sock";
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
 
-/// A control request.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "op", rename_all = "kebab-case")]
-pub enum Request {
-    /// List types.
-    Types,
-    /// List instances.
-    List,
-    /// Create an instance.
-    Create {
-        /// Type name.
-        #[serde(rename = "type")]
-        type_name: String,
-        /// UUID, or a fresh one.
-        #[serde(default)]
-        uuid: Option<Uuid>,
-        /// Parameters.
-        #[serde(default)]
-        params: CreateParams,
-    },
-    /// Remove an instance.
-    Remove {
-        /// Which.
-        uuid: Uuid,
-        /// Close its connections if it is open.
-        #[serde(default)]
-        force: bool,
-    },
+/// What the control socket acts on: the parent, and the definitions `start` reads.
+struct Service {
+    parent: Arc<Parent>,
+    definitions: Option<DefinitionStore>,
 }
 
-/// A control request failed.
-#[derive(Debug, thiserror::Error)]
-#[error("{message} (errno {errno})")]
-pub struct ControlError {
-    /// errno.
-    pub errno: i32,
-    /// What the parent said.
-    pub message: String,
-}
-
-fn handle(parent: &Parent, req: Request) -> serde_json::Value {
-    let result = match req {
-        Request::Types => Ok(serde_json::to_value(parent.types())),
-        Request::List => Ok(serde_json::to_value(parent.instances())),
-        Request::Create {
-            type_name,
-            uuid,
-            params,
-        } => parent
-            .create(&type_name, uuid, &params)
-            .map(serde_json::to_value),
-        Request::Remove { uuid, force } => parent
-            .remove(uuid, force)
-            .map(|()| Ok(serde_json::Value::Null)),
-    };
-    match result {
-        Ok(Ok(v)) => serde_json::json!({"ok": true, "result": v}),
-        Ok(Err(e)) => serde_json::json!({"ok": false, "errno": libc::EIO, "error": e.to_string()}),
-        Err(e) => serde_json::json!({"ok": false, "errno": e.errno(), "error": e.to_string()}),
+impl Service {
+    fn handle(&self, req: Request) -> Result<Reply, ControlError> {
+        let parent = &self.parent;
+        Ok(match req {
+            Request::Types => Reply::Types(parent.types()),
+            Request::List => Reply::Instances(parent.instances()),
+            Request::Create {
+                type_name,
+                uuid,
+                params,
+            } => Reply::Instance(parent.create(&type_name, uuid, &params)?),
+            Request::Start { uuid } => {
+                let store = self.definitions.as_ref().ok_or_else(|| {
+                    ControlError::new(libc::ENOTSUP, "this parent reads no definitions")
+                })?;
+                let def = store.load(uuid)?;
+                let info = parent.create(&def.type_name, Some(uuid), &def.params)?;
+                info!("started defined instance {uuid} ({})", def.type_name);
+                Reply::Instance(info)
+            }
+            Request::Remove { uuid, force } => {
+                parent.remove(uuid, force)?;
+                Reply::Removed(uuid)
+            }
+        })
     }
 }
 
-fn serve_one(parent: &Parent, stream: UnixStream) -> io::Result<()> {
+fn serve_one(service: &Service, stream: UnixStream) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(stream.try_clone()?.take(MAX_REQUEST));
     let mut out = stream;
@@ -96,47 +67,48 @@ fn serve_one(parent: &Parent, stream: UnixStream) -> io::Result<()> {
         line.clear();
         reader.read_line(&mut line)? > 0
     } {
-        let resp = match serde_json::from_str::<Request>(line.trim()) {
+        let reply = match serde_json::from_str::<Request>(line.trim()) {
             Ok(req) => {
                 debug!("control request {req:?}");
-                handle(parent, req)
+                service.handle(req).unwrap_or_else(Reply::Error)
             }
-            Err(e) => {
-                serde_json::json!({"ok": false, "errno": libc::EINVAL, "error": format!("bad request: {e}")})
-            }
+            Err(e) => Reply::Error(ControlError::invalid(format!("bad request: {e}"))),
         };
-        writeln!(out, "{resp}")?;
+        let text = serde_json::to_string(&reply).map_err(io::Error::from)?;
+        writeln!(out, "{text}")?;
         reader.get_mut().set_limit(MAX_REQUEST);
     }
     Ok(())
 }
 
-/// The control socket server of a parent. Dropping it stops it and removes the socket.
-pub struct ControlServer {
-    path: PathBuf,
-    owns_file: bool,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+/// A bound control socket, not yet answered: connections queue until a [`ControlServer`]
+/// serves it. `serve` binds it first (so a second parent on the same directory fails before
+/// touching anything) and serves it once its start-up instances exist, so a client that
+/// connects early is answered with them in place.
+pub struct ControlSocket {
+    listener: UnixListener,
+    file: SocketFile,
 }
 
-impl ControlServer {
-    /// Serves `parent`'s control socket in its directory.
-    pub fn start(parent: Arc<Parent>) -> io::Result<Self> {
-        Self::start_on(parent, None)
-    }
+/// The socket's file, removed on drop when this process bound it.
+struct SocketFile {
+    path: PathBuf,
+    owned: bool,
+}
 
-    /// Serves `parent`'s control socket on `listener` (passed in by the service manager; its
-    /// file is left alone at shutdown), or on `DIR/control.sock` when there is none.
-    pub fn start_on(parent: Arc<Parent>, listener: Option<UnixListener>) -> io::Result<Self> {
-        if let Some(listener) = listener {
-            let path = listener
-                .local_addr()?
-                .as_pathname()
-                .map(Path::to_path_buf)
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "unnamed socket"))?;
-            return Self::serve(parent, listener, path, false);
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = std::fs::remove_file(&self.path);
         }
-        let path = parent.dir().join(CONTROL_SOCKET);
+    }
+}
+
+impl ControlSocket {
+    /// Binds `DIR/control.sock` (mode 0600), replacing a stale file; fails with
+    /// `AddrInUse` when a parent answers there.
+    pub fn bind(dir: &Path) -> io::Result<Self> {
+        let path = dir.join(CONTROL_SOCKET);
         if path.exists() {
             if UnixStream::connect(&path).is_ok() {
                 return Err(io::Error::new(
@@ -147,16 +119,58 @@ impl ControlServer {
             std::fs::remove_file(&path)?;
         }
         let listener = UnixListener::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        Self::serve(parent, listener, path, true)
+        let file = SocketFile { path, owned: true };
+        std::fs::set_permissions(&file.path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(ControlSocket { listener, file })
     }
 
-    fn serve(
+    /// A socket passed in by the service manager; its file is left alone at shutdown.
+    pub fn from_listener(listener: UnixListener) -> io::Result<Self> {
+        let path = listener
+            .local_addr()?
+            .as_pathname()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "unnamed socket"))?;
+        Ok(ControlSocket {
+            listener,
+            file: SocketFile { path, owned: false },
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+}
+
+/// The control socket server of a parent. Dropping it stops it and removes the socket file
+/// it bound.
+pub struct ControlServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    file: SocketFile,
+}
+
+impl ControlServer {
+    /// Serves `parent`'s control socket in its directory, without definitions (`start`
+    /// answers ENOTSUP).
+    pub fn start(parent: Arc<Parent>) -> io::Result<Self> {
+        let socket = ControlSocket::bind(parent.dir())?;
+        Self::serve(parent, None, socket)
+    }
+
+    /// Answers `socket` for `parent`, starting defined instances from `definitions` on
+    /// request.
+    pub fn serve(
         parent: Arc<Parent>,
-        listener: UnixListener,
-        path: PathBuf,
-        owns_file: bool,
+        definitions: Option<DefinitionStore>,
+        socket: ControlSocket,
     ) -> io::Result<Self> {
+        let service = Arc::new(Service {
+            parent,
+            definitions,
+        });
+        let ControlSocket { listener, file } = socket;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -168,11 +182,11 @@ impl ControlServer {
                     }
                     match stream {
                         Ok(s) => {
-                            let p = parent.clone();
+                            let service = service.clone();
                             let _ = std::thread::Builder::new()
                                 .name("control-conn".into())
                                 .spawn(move || {
-                                    if let Err(e) = serve_one(&p, s) {
+                                    if let Err(e) = serve_one(&service, s) {
                                         debug!("control connection ended: {e}");
                                     }
                                 });
@@ -182,16 +196,15 @@ impl ControlServer {
                 }
             })?;
         Ok(ControlServer {
-            path,
-            owns_file,
             stop,
             thread: Some(thread),
+            file,
         })
     }
 
     /// The socket path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
     }
 }
 
@@ -199,40 +212,126 @@ impl Drop for ControlServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         // Wake the accept loop.
-        let _ = UnixStream::connect(&self.path);
+        let _ = UnixStream::connect(&self.file.path);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if self.owns_file {
-            let _ = std::fs::remove_file(&self.path);
+        // `file` is dropped next: the socket file goes if this process bound it.
+    }
+}
+
+/// A connection to the control socket of the parent serving a directory.
+pub struct ControlClient {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl ControlClient {
+    /// Connects to `DIR/control.sock`. The error's errno is the connect's (ENOENT or
+    /// ECONNREFUSED when no parent serves `dir`).
+    pub fn connect(dir: &Path) -> Result<Self, ControlError> {
+        let path = dir.join(CONTROL_SOCKET);
+        let writer = UnixStream::connect(&path).map_err(|e| io_error(&path, &e))?;
+        let reader = BufReader::new(writer.try_clone().map_err(|e| io_error(&path, &e))?);
+        Ok(ControlClient {
+            path,
+            reader,
+            writer,
+        })
+    }
+
+    /// Sends `req` and returns the parent's reply; a [`Reply::Error`] is returned as `Err`.
+    pub fn call(&mut self, req: &Request) -> Result<Reply, ControlError> {
+        let line = serde_json::to_string(req).map_err(|e| ControlError::invalid(e.to_string()))?;
+        writeln!(self.writer, "{line}").map_err(|e| io_error(&self.path, &e))?;
+        let mut resp = String::new();
+        let n = self
+            .reader
+            .read_line(&mut resp)
+            .map_err(|e| io_error(&self.path, &e))?;
+        if n == 0 {
+            return Err(ControlError::new(
+                libc::EPROTO,
+                format!("{}: the parent closed the connection", self.path.display()),
+            ));
+        }
+        match serde_json::from_str::<Reply>(&resp) {
+            Ok(Reply::Error(e)) => Err(e),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(ControlError::new(
+                libc::EPROTO,
+                format!("{}: bad reply: {e}", self.path.display()),
+            )),
+        }
+    }
+
+    /// The types and their availability.
+    pub fn types(&mut self) -> Result<Vec<MdevType>, ControlError> {
+        match self.call(&Request::Types)? {
+            Reply::Types(t) => Ok(t),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The running instances.
+    pub fn list(&mut self) -> Result<Vec<InstanceInfo>, ControlError> {
+        match self.call(&Request::List)? {
+            Reply::Instances(l) => Ok(l),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Creates an instance.
+    pub fn create(
+        &mut self,
+        type_name: &str,
+        uuid: Option<Uuid>,
+        params: &CreateParams,
+    ) -> Result<InstanceInfo, ControlError> {
+        let req = Request::Create {
+            type_name: type_name.to_string(),
+            uuid,
+            params: params.clone(),
+        };
+        match self.call(&req)? {
+            Reply::Instance(i) => Ok(i),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Starts the defined instance `uuid`.
+    pub fn start(&mut self, uuid: Uuid) -> Result<InstanceInfo, ControlError> {
+        match self.call(&Request::Start { uuid })? {
+            Reply::Instance(i) => Ok(i),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Removes (stops) an instance.
+    pub fn remove(&mut self, uuid: Uuid, force: bool) -> Result<(), ControlError> {
+        match self.call(&Request::Remove { uuid, force })? {
+            Reply::Removed(_) => Ok(()),
+            other => Err(unexpected(&other)),
         }
     }
 }
 
-/// Sends one request to the parent serving `dir` and returns its result.
-pub fn control_request(dir: &Path, req: &Request) -> Result<serde_json::Value, ControlError> {
-    let io_err = |e: io::Error| ControlError {
-        errno: e.raw_os_error().unwrap_or(libc::EIO),
-        message: format!("control socket {}: {e}", dir.join(CONTROL_SOCKET).display()),
-    };
-    let mut s = UnixStream::connect(dir.join(CONTROL_SOCKET)).map_err(io_err)?;
-    let line = serde_json::to_string(req).map_err(|e| ControlError {
-        errno: libc::EINVAL,
-        message: e.to_string(),
-    })?;
-    writeln!(s, "{line}").map_err(io_err)?;
-    let mut resp = String::new();
-    BufReader::new(&s).read_line(&mut resp).map_err(io_err)?;
-    let v: serde_json::Value = serde_json::from_str(&resp).map_err(|e| ControlError {
-        errno: libc::EPROTO,
-        message: format!("bad response: {e}"),
-    })?;
-    if v["ok"].as_bool() == Some(true) {
-        Ok(v["result"].clone())
-    } else {
-        Err(ControlError {
-            errno: v["errno"].as_i64().unwrap_or(libc::EIO as i64) as i32,
-            message: v["error"].as_str().unwrap_or("unknown error").to_string(),
-        })
-    }
+fn io_error(path: &Path, e: &io::Error) -> ControlError {
+    ControlError::new(
+        e.raw_os_error().unwrap_or(libc::EIO),
+        format!("control socket {}: {e}", path.display()),
+    )
+}
+
+fn unexpected(reply: &Reply) -> ControlError {
+    ControlError::new(
+        libc::EPROTO,
+        format!("unexpected reply from the parent: {reply:?}"),
+    )
+}
+
+/// Sends one request to the parent serving `dir` and returns its reply.
+pub fn control_request(dir: &Path, req: &Request) -> Result<Reply, ControlError> {
+    ControlClient::connect(dir)?.call(req)
 }

@@ -1,24 +1,26 @@
 //! One client connection: version negotiation, the open it holds, its DMA mappings, and the
-//! dispatch of every command to the device. Malformed input gets an error reply and the
-//! stream stays in sync; input that breaks framing closes the connection, releasing its open.
+//! dispatch of every typed [`Request`] to the device and the connection's state. `wire` has
+//! validated the message's shape; what is checked here needs the device (regions, vectors).
+//! Malformed input gets an error reply and the stream stays in sync; input that breaks
+//! framing closes the connection, releasing its open.
 
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
-use vm_memory::ByteValued;
 
 use super::listener::Shared;
 use crate::device_set::{DeviceHandle, Open};
-use crate::dma::{DmaMapping, DmaMappings, DmaProt};
+use crate::dma::{DmaMapping, DmaMappings};
 use crate::error::DeviceError;
-use crate::irq::{IrqAction, IrqData, IrqIndex, IrqRequest, SetIrqsFlags};
+use crate::irq::IrqRequest;
 use crate::owner::{ConnectionId, OwnerId};
 use crate::region::{RegionFlags, RegionInfo};
-use crate::wire::{self, Command, Message, WireError};
+use crate::wire::{
+    self, Command, DmaMapRequest, DmaUnmapRange, Reply, Request, RequestError, WireError,
+};
 
 /// Counters over all connections of one server.
 #[derive(Debug, Default)]
@@ -33,34 +35,73 @@ pub struct ConnectionStats {
     pub refused: AtomicU64,
 }
 
-/// Why a command failed: the errno for the reply, and a line for the log.
-struct Failure {
-    errno: i32,
-    what: String,
+/// Why a command failed: each variant carries the detail for the log line and maps to the
+/// errno of the error reply.
+#[derive(Debug, thiserror::Error)]
+enum CommandError {
+    /// The message is not a valid request.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The device refused.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// VERSION again after the handshake.
+    #[error("VERSION after negotiation")]
+    VersionAgain,
+    /// No such region.
+    #[error("no region {0}")]
+    NoRegion(u32),
+    /// The region does not allow this direction.
+    #[error("region {region} does not allow {need:?}")]
+    Direction {
+        /// The region.
+        region: u32,
+        /// What the access needed.
+        need: RegionFlags,
+    },
+    /// The access does not fit the region.
+    #[error("access {offset:#x}+{count} past the end of region {region} ({size:#x} bytes)")]
+    PastEnd {
+        /// The region.
+        region: u32,
+        /// Offset asked.
+        offset: u64,
+        /// Bytes asked.
+        count: u64,
+        /// The region's size.
+        size: u64,
+    },
+    /// No such interrupt index on this device.
+    #[error("no IRQ index {0}")]
+    NoIrqIndex(u32),
+    /// More vectors than the index has.
+    #[error("{count} vectors asked, IRQ index {index} has {vectors}")]
+    Vectors {
+        /// The index.
+        index: u32,
+        /// Vectors asked.
+        count: u32,
+        /// Vectors offered.
+        vectors: u32,
+    },
+    /// The reply could not be sent.
+    #[error("reply failed: {0}")]
+    Reply(std::io::Error),
 }
 
-impl From<DeviceError> for Failure {
-    fn from(e: DeviceError) -> Self {
-        Failure {
-            errno: e.errno(),
-            what: e.to_string(),
+impl CommandError {
+    fn errno(&self) -> i32 {
+        match self {
+            CommandError::Request(e) => e.errno(),
+            CommandError::Device(e) => e.errno(),
+            CommandError::Reply(_) => libc::EPIPE,
+            CommandError::VersionAgain
+            | CommandError::NoRegion(_)
+            | CommandError::Direction { .. }
+            | CommandError::PastEnd { .. }
+            | CommandError::NoIrqIndex(_)
+            | CommandError::Vectors { .. } => libc::EINVAL,
         }
-    }
-}
-
-impl From<WireError> for Failure {
-    fn from(e: WireError) -> Self {
-        Failure {
-            errno: e.errno(),
-            what: e.to_string(),
-        }
-    }
-}
-
-fn einval(what: impl Into<String>) -> Failure {
-    Failure {
-        errno: libc::EINVAL,
-        what: what.into(),
     }
 }
 
@@ -68,6 +109,7 @@ struct Connection {
     id: ConnectionId,
     owner: OwnerId,
     sock: UnixStream,
+    reader: wire::MessageReader,
     handle: Arc<DeviceHandle>,
     dma: DmaMappings,
     /// (size, flags) of every region, read once at open: regions do not change while a
@@ -115,7 +157,8 @@ pub(crate) fn serve_connection(sock: UnixStream, id: ConnectionId, shared: Arc<S
         Some(uid) => info!("{name}: {id} connected ({owner}, uid {uid})"),
         None => info!("{name}: {id} connected (peer unknown)"),
     }
-    match negotiate(&sock, &handle, peer, shared.message_timeout()) {
+    let mut reader = wire::MessageReader::new();
+    match negotiate(&sock, &mut reader, &handle, peer, shared.message_timeout()) {
         Ok(()) => {
             let regions = {
                 let dev = handle.lock();
@@ -130,6 +173,7 @@ pub(crate) fn serve_connection(sock: UnixStream, id: ConnectionId, shared: Arc<S
                 id,
                 owner,
                 sock,
+                reader,
                 handle: handle.clone(),
                 dma: DmaMappings::new(wire::MAX_DMA_MAPS as usize),
                 regions,
@@ -155,6 +199,7 @@ pub(crate) fn serve_connection(sock: UnixStream, id: ConnectionId, shared: Arc<S
 /// The whole handshake must arrive within `timeout` of the connect.
 fn negotiate(
     sock: &UnixStream,
+    reader: &mut wire::MessageReader,
     handle: &DeviceHandle,
     peer: Open,
     timeout: Duration,
@@ -164,40 +209,45 @@ fn negotiate(
         first_byte: Instant::now().checked_add(timeout),
         rest: timeout,
     };
-    let msg = wire::read_message_within(sock, &deadlines).map_err(|e| {
+    let msg = reader.next(sock, &deadlines).map_err(|e| {
         if let WireError::BadSize(_) | WireError::TooManyFds(_) = e {
             let _ = wire::send_error(sock, &wire::Header::default(), e.errno());
         }
         e.to_string()
     })?;
+    let header = msg.header;
     let fail = |errno: i32, what: &str| {
-        let _ = wire::send_error(sock, &msg.header, errno);
+        let _ = wire::send_error(sock, &header, errno);
         Err(what.to_string())
     };
-    if msg.command() != Some(Command::Version) {
-        return fail(libc::EINVAL, "first message is not VERSION");
-    }
-    let v: wire::VersionMsg = match msg.fixed() {
-        Ok(v) => v,
-        Err(_) => return fail(libc::EINVAL, "short VERSION"),
-    };
-    if v.major != wire::VERSION_MAJOR {
-        return fail(libc::ENOTSUP, "unsupported major version");
-    }
-    let caps = match wire::parse_client_capabilities(msg.tail::<wire::VersionMsg>()) {
-        Ok(c) => c,
-        Err(e) => return fail(libc::EINVAL, &e.to_string()),
+    let (minor, caps) = match Request::parse(msg) {
+        Ok(Request::Version {
+            major,
+            minor,
+            capabilities,
+        }) => {
+            if major != wire::VERSION_MAJOR {
+                return fail(libc::ENOTSUP, "unsupported major version");
+            }
+            (minor, capabilities)
+        }
+        Ok(_) => return fail(libc::EINVAL, "first message is not VERSION"),
+        Err(e) => {
+            return fail(
+                libc::EINVAL,
+                &format!("first message is not a valid VERSION: {e}"),
+            )
+        }
     };
     debug!("{}: {id} client capabilities {caps:?}", handle.name());
     if let Err(e) = handle.open_as(peer) {
         return fail(e.errno(), &format!("open failed: {e}"));
     }
-    let reply = wire::VersionMsg {
+    let reply = Reply::Version {
         major: wire::VERSION_MAJOR,
-        minor: v.minor.min(wire::VERSION_MINOR),
+        minor: minor.min(wire::VERSION_MINOR),
     };
-    let caps = wire::server_capabilities();
-    if let Err(e) = wire::send_reply(sock, &msg.header, &[reply.as_slice(), &caps], &[]) {
+    if let Err(e) = reply.send(sock, &header) {
         handle.close(id);
         return Err(format!("VERSION reply failed: {e}"));
     }
@@ -208,7 +258,7 @@ impl Connection {
     fn run(&mut self, shared: &Shared) {
         let deadlines = wire::Deadlines::idle_then(shared.message_timeout());
         loop {
-            let msg = match wire::read_message_within(&self.sock, &deadlines) {
+            let msg = match self.reader.next(&self.sock, &deadlines) {
                 Ok(m) => m,
                 Err(WireError::Closed) => return,
                 Err(e @ (WireError::BadSize(_) | WireError::TooManyFds(_))) => {
@@ -240,317 +290,197 @@ impl Connection {
                 );
                 continue;
             }
-            let result = self.dispatch(&msg);
+            let header = msg.header;
+            let no_reply = msg.no_reply();
+            let result = Request::parse(msg)
+                .map_err(CommandError::from)
+                .and_then(|request| self.dispatch(request, &header, no_reply));
             if matches!(
-                msg.command(),
+                Command::from_u16(header.command),
                 Some(Command::DmaMap | Command::DmaUnmap | Command::DeviceSetIrqs)
             ) {
                 self.update_driving();
             }
-            if let Err(f) = result {
+            if let Err(e) = result {
                 shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                let errno = e.errno();
                 warn!(
-                    "{}: {}: command {} (id {}) failed: {} (errno {})",
+                    "{}: {}: command {} (id {}) failed: {e} (errno {errno})",
                     self.handle.name(),
                     self.id,
-                    msg.header.command,
-                    msg.header.message_id,
-                    f.what,
-                    f.errno
+                    header.command,
+                    header.message_id,
                 );
-                if !msg.no_reply() && wire::send_error(&self.sock, &msg.header, f.errno).is_err() {
+                if matches!(e, CommandError::Reply(_)) {
+                    return;
+                }
+                if !no_reply && wire::send_error(&self.sock, &header, errno).is_err() {
                     return;
                 }
             }
         }
     }
 
-    /// Handles one command; on success the reply (if any) has been sent.
-    fn dispatch(&mut self, msg: &Message) -> Result<(), Failure> {
-        let Some(cmd) = msg.command() else {
-            return Err(Failure {
-                errno: libc::ENOTSUP,
-                what: format!("unknown command {}", msg.header.command),
-            });
-        };
-        match cmd {
-            Command::Version => Err(einval("VERSION after negotiation")),
-            Command::DeviceGetInfo => {
-                let req: wire::DeviceInfoMsg = msg.fixed()?;
-                if (req.argsz as usize) < std::mem::size_of::<wire::DeviceInfoMsg>() {
-                    return Err(einval("DEVICE_GET_INFO argsz too small"));
-                }
+    /// Serves one request; on success its reply (if one is wanted) has been sent.
+    fn dispatch(
+        &mut self,
+        request: Request,
+        header: &wire::Header,
+        no_reply: bool,
+    ) -> Result<(), CommandError> {
+        // Register reads are a few bytes: those need no allocation.
+        let mut small = [0u8; 8];
+        let mut large = Vec::new();
+        let region_info;
+        let reply = match request {
+            Request::Version { .. } => return Err(CommandError::VersionAgain),
+            Request::GetDeviceInfo => {
                 let dev = self.handle.lock();
-                let info = wire::DeviceInfoMsg {
-                    argsz: std::mem::size_of::<wire::DeviceInfoMsg>() as u32,
+                Reply::DeviceInfo {
                     flags: dev.flags().bits(),
                     num_regions: dev.num_regions(),
                     num_irqs: dev.interrupts().num_indexes(),
-                };
-                drop(dev);
-                self.reply(msg, &[info.as_slice()], &[])
+                }
             }
-            Command::DeviceGetRegionInfo => self.region_info(msg),
-            Command::DeviceGetIrqInfo => {
-                let req: wire::IrqInfoMsg = msg.fixed()?;
+            Request::GetRegionInfo { index, argsz } => {
+                if index as usize >= self.regions.len() {
+                    return Err(CommandError::NoRegion(index));
+                }
+                region_info = self.handle.lock().region_info(index);
+                Reply::RegionInfo {
+                    index,
+                    argsz,
+                    info: &region_info,
+                }
+            }
+            Request::GetIrqInfo { index } => {
                 let info = self
                     .handle
                     .interrupts()
-                    .info(req.index)
-                    .ok_or_else(|| einval(format!("no IRQ index {}", req.index)))?;
-                let out = wire::IrqInfoMsg {
-                    argsz: std::mem::size_of::<wire::IrqInfoMsg>() as u32,
-                    flags: info.flags.bits(),
-                    index: req.index,
-                    count: info.count,
-                };
-                self.reply(msg, &[out.as_slice()], &[])
+                    .info(index)
+                    .ok_or(CommandError::NoIrqIndex(index))?;
+                Reply::IrqInfo { index, info }
             }
-            Command::DeviceSetIrqs => {
-                self.set_irqs(msg)?;
-                self.reply(msg, &[], &[])
+            Request::SetIrqs(req) => {
+                self.set_irqs(req)?;
+                Reply::Empty
             }
-            Command::RegionRead => {
-                let req: wire::RegionAccessMsg = msg.fixed()?;
-                self.check_access(&req, RegionFlags::READ)?;
-                // Register reads are a few bytes: those need no allocation.
-                let mut small = [0u8; 8];
-                let mut large = Vec::new();
-                let data = match small.get_mut(..req.count as usize) {
+            Request::RegionRead {
+                region,
+                offset,
+                count,
+            } => {
+                self.check_access(region, offset, count, RegionFlags::READ)?;
+                let data = match small.get_mut(..count as usize) {
                     Some(d) => d,
                     None => {
-                        large.resize(req.count as usize, 0);
+                        large.resize(count as usize, 0);
                         &mut large[..]
                     }
                 };
-                self.handle.lock().read(req.region, req.offset, data)?;
-                self.reply(msg, &[req.as_slice(), data], &[])
-            }
-            Command::RegionWrite => {
-                let req: wire::RegionAccessMsg = msg.fixed()?;
-                let data = msg.tail::<wire::RegionAccessMsg>();
-                if data.len() != req.count as usize {
-                    return Err(einval(format!(
-                        "REGION_WRITE count {} but {} data bytes",
-                        req.count,
-                        data.len()
-                    )));
+                self.handle.lock().read(region, offset, data)?;
+                Reply::RegionRead {
+                    region,
+                    offset,
+                    data,
                 }
-                self.check_access(&req, RegionFlags::WRITE)?;
-                self.handle.lock().write(req.region, req.offset, data)?;
-                self.reply(msg, &[req.as_slice()], &[])
             }
-            Command::DmaMap => {
-                self.dma_map(msg)?;
-                self.reply(msg, &[], &[])
+            Request::RegionWrite {
+                region,
+                offset,
+                data,
+            } => {
+                let count = data.len() as u32;
+                self.check_access(region, offset, count, RegionFlags::WRITE)?;
+                self.handle.lock().write(region, offset, &data)?;
+                Reply::RegionWrite {
+                    region,
+                    offset,
+                    count,
+                }
             }
-            Command::DmaUnmap => {
-                let req = self.dma_unmap(msg)?;
-                self.reply(msg, &[req.as_slice()], &[])
+            Request::DmaMap(req) => {
+                self.dma_map(req)?;
+                Reply::Empty
             }
-            Command::DeviceReset => {
+            Request::DmaUnmap { flags, range } => {
+                self.dma_unmap(range)?;
+                let (address, size) = match range {
+                    DmaUnmapRange::All => (0, 0),
+                    DmaUnmapRange::Range { address, size } => (address, size),
+                };
+                Reply::DmaUnmap {
+                    flags,
+                    address,
+                    size,
+                }
+            }
+            Request::DeviceReset => {
                 self.handle.reset(self.owner)?;
                 info!("{}: device reset by {}", self.handle.name(), self.id);
-                self.reply(msg, &[], &[])
+                Reply::Empty
             }
-            Command::DeviceGetRegionIoFds
-            | Command::DmaRead
-            | Command::DmaWrite
-            | Command::DirtyPages => Err(Failure {
-                errno: libc::ENOTSUP,
-                what: format!("{cmd:?} is not supported"),
-            }),
-        }
-    }
-
-    /// Sends the reply to `msg`, unless its sender asked for none.
-    fn reply(&self, msg: &Message, body: &[&[u8]], fds: &[RawFd]) -> Result<(), Failure> {
-        if msg.no_reply() {
+        };
+        if no_reply {
             return Ok(());
         }
-        wire::send_reply(&self.sock, &msg.header, body, fds).map_err(|e| Failure {
-            errno: libc::EPIPE,
-            what: format!("reply failed: {e}"),
-        })
+        reply.send(&self.sock, header).map_err(CommandError::Reply)
     }
 
-    fn check_access(&self, req: &wire::RegionAccessMsg, need: RegionFlags) -> Result<(), Failure> {
-        if req.count > wire::MAX_DATA_XFER_SIZE {
-            return Err(einval(format!(
-                "count {} above max_data_xfer_size",
-                req.count
-            )));
-        }
+    fn check_access(
+        &self,
+        region: u32,
+        offset: u64,
+        count: u32,
+        need: RegionFlags,
+    ) -> Result<(), CommandError> {
         let (size, flags) = *self
             .regions
-            .get(req.region as usize)
-            .ok_or_else(|| einval(format!("no region {}", req.region)))?;
+            .get(region as usize)
+            .ok_or(CommandError::NoRegion(region))?;
         if !flags.contains(need) {
-            return Err(einval(format!(
-                "region {} does not allow {need:?}",
-                req.region
-            )));
+            return Err(CommandError::Direction { region, need });
         }
-        let end = req
-            .offset
-            .checked_add(u64::from(req.count))
-            .ok_or_else(|| einval("offset + count overflows"))?;
-        if end > size {
-            return Err(einval(format!(
-                "access {:#x}+{} past the end of region {} ({size:#x} bytes)",
-                req.offset, req.count, req.region
-            )));
-        }
-        Ok(())
-    }
-
-    fn region_info(&mut self, msg: &Message) -> Result<(), Failure> {
-        let req: wire::RegionInfoMsg = msg.fixed()?;
-        if (req.argsz as usize) < std::mem::size_of::<wire::RegionInfoMsg>() {
-            return Err(einval("DEVICE_GET_REGION_INFO argsz too small"));
-        }
-        if req.index as usize >= self.regions.len() {
-            return Err(einval(format!("no region {}", req.index)));
-        }
-        let info = self.handle.lock().region_info(req.index);
-        let head_size = std::mem::size_of::<wire::RegionInfoMsg>();
-        let mut caps = Vec::new();
-        let mut out = wire::RegionInfoMsg {
-            argsz: head_size as u32,
-            flags: info.flags.bits(),
-            index: req.index,
-            cap_offset: 0,
-            size: info.size,
-            offset: 0,
+        let past_end = CommandError::PastEnd {
+            region,
+            offset,
+            count: u64::from(count),
+            size,
         };
-        let mut fds = Vec::new();
-        if let Some(mmap) = &info.mmap {
-            out.offset = mmap.file_offset;
-            fds.push(mmap.file.as_raw_fd());
-            if !mmap.areas.is_empty() {
-                let head = wire::SparseMmapMsg {
-                    header: wire::CapHeader {
-                        id: wire::REGION_INFO_CAP_SPARSE_MMAP,
-                        version: wire::SPARSE_MMAP_CAP_VERSION,
-                        next: 0,
-                    },
-                    nr_areas: mmap.areas.len() as u32,
-                    reserved: 0,
-                };
-                caps.extend_from_slice(head.as_slice());
-                for a in &mmap.areas {
-                    caps.extend_from_slice(
-                        wire::SparseAreaMsg {
-                            offset: a.offset,
-                            size: a.size,
-                        }
-                        .as_slice(),
-                    );
-                }
-                out.argsz = (head_size + caps.len()) as u32;
-                if req.argsz >= out.argsz {
-                    out.flags |= RegionFlags::CAPS.bits();
-                    out.cap_offset = head_size as u32;
-                } else {
-                    // The client's buffer is too small: tell it the size it needs and send no
-                    // capability. The CAPS flag stays clear: QEMU rejects CAPS with a
-                    // cap_offset outside its buffer, and retries with the larger argsz.
-                    caps.clear();
-                }
-            }
+        match offset.checked_add(u64::from(count)) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(past_end),
         }
-        self.reply(msg, &[out.as_slice(), &caps], &fds)
     }
 
-    fn set_irqs(&mut self, msg: &Message) -> Result<(), Failure> {
-        let req: wire::SetIrqsMsg = msg.fixed()?;
-        let flags = SetIrqsFlags::from_bits(req.flags)
-            .ok_or_else(|| einval(format!("unknown SET_IRQS flags {:#x}", req.flags)))?;
-        let data_bits = flags & SetIrqsFlags::DATA_MASK;
-        let action_bits = flags & SetIrqsFlags::ACTION_MASK_BITS;
-        if data_bits.bits().count_ones() != 1 || action_bits.bits().count_ones() != 1 {
-            return Err(einval(format!(
-                "SET_IRQS flags {:#x} need one data type and one action",
-                req.flags
-            )));
-        }
-        let index = IrqIndex::from_u32(req.index)
-            .ok_or_else(|| einval(format!("no IRQ index {}", req.index)))?;
+    fn set_irqs(&mut self, req: IrqRequest) -> Result<(), CommandError> {
+        let index = req.index as u32;
         let vectors = self
             .handle
             .interrupts()
-            .info(req.index)
-            .map_or(0, |i| i.count);
+            .info(index)
+            .ok_or(CommandError::NoIrqIndex(index))?
+            .count;
         if req.count > vectors {
-            return Err(einval(format!(
-                "{} vectors asked, index has {vectors}",
-                req.count
-            )));
+            return Err(CommandError::Vectors {
+                index,
+                count: req.count,
+                vectors,
+            });
         }
-        let action = if action_bits == SetIrqsFlags::ACTION_MASK {
-            IrqAction::Mask
-        } else if action_bits == SetIrqsFlags::ACTION_UNMASK {
-            IrqAction::Unmask
-        } else {
-            IrqAction::Trigger
-        };
-        let data = if data_bits == SetIrqsFlags::DATA_NONE {
-            IrqData::None
-        } else if data_bits == SetIrqsFlags::DATA_BOOL {
-            let bools = msg.tail::<wire::SetIrqsMsg>();
-            let bools = bools
-                .get(..req.count as usize)
-                .ok_or_else(|| einval("DATA_BOOL shorter than count"))?;
-            IrqData::Bool(bools.iter().map(|b| *b != 0).collect())
-        } else {
-            if msg.fds.len() != req.count as usize {
-                return Err(einval(format!(
-                    "{} eventfds for {} vectors",
-                    msg.fds.len(),
-                    req.count
-                )));
-            }
-            let files = msg
-                .fds
-                .iter()
-                .map(|f| f.try_clone())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(DeviceError::from)?;
-            IrqData::Eventfds(files)
-        };
-        if !matches!(data, IrqData::Eventfds(_)) && !msg.fds.is_empty() {
-            return Err(einval("fds sent with a SET_IRQS that takes none"));
-        }
-        let request = IrqRequest {
-            index,
-            start: req.start,
-            count: req.count,
-            action,
-            data,
-        };
-        let span = request.span();
-        self.handle.interrupts().apply(self.id, request)?;
+        let span = req.span();
+        self.handle.interrupts().apply(self.id, req)?;
         self.handle.lock().irqs_changed(self.id, &span)?;
         Ok(())
     }
 
-    fn dma_map(&mut self, msg: &Message) -> Result<(), Failure> {
-        let req: wire::DmaMapMsg = msg.fixed()?;
-        let prot = DmaProt::from_bits(req.flags)
-            .ok_or_else(|| einval(format!("unknown DMA_MAP flags {:#x}", req.flags)))?;
-        if msg.fds.len() > 1 {
-            return Err(einval(format!("DMA_MAP with {} fds", msg.fds.len())));
-        }
-        let file = match msg.fds.first() {
-            Some(f) => Some(Arc::new(f.try_clone().map_err(DeviceError::from)?)),
-            None => None,
-        };
+    fn dma_map(&mut self, req: DmaMapRequest) -> Result<(), CommandError> {
         let map = DmaMapping {
             iova: req.address,
             size: req.size,
-            prot,
+            prot: req.prot,
             file_offset: req.offset,
-            file,
+            file: req.fd.map(Arc::new),
             memory: None,
         };
         let added = self.dma.insert(map)?.clone();
@@ -561,33 +491,16 @@ impl Connection {
         Ok(())
     }
 
-    fn dma_unmap(&mut self, msg: &Message) -> Result<wire::DmaUnmapMsg, Failure> {
-        let req: wire::DmaUnmapMsg = msg.fixed()?;
-        if req.flags & wire::DMA_UNMAP_GET_DIRTY != 0 {
-            return Err(Failure {
-                errno: libc::ENOTSUP,
-                what: "dirty page tracking is not supported".into(),
-            });
-        }
-        if req.flags & !(wire::DMA_UNMAP_ALL | wire::DMA_UNMAP_GET_DIRTY) != 0 {
-            return Err(einval(format!("unknown DMA_UNMAP flags {:#x}", req.flags)));
-        }
-        let removed = if req.flags & wire::DMA_UNMAP_ALL != 0 {
-            if req.address != 0 || req.size != 0 {
-                return Err(einval("UNMAP_ALL with an address or size"));
-            }
-            self.dma.clear()
-        } else {
-            self.dma.remove(req.address, req.size)?
+    fn dma_unmap(&mut self, range: DmaUnmapRange) -> Result<(), CommandError> {
+        let removed = match range {
+            DmaUnmapRange::All => self.dma.clear(),
+            DmaUnmapRange::Range { address, size } => self.dma.remove(address, size)?,
         };
         let mut dev = self.handle.lock();
         for m in &removed {
             dev.dma_unmap(self.id, m);
         }
-        Ok(wire::DmaUnmapMsg {
-            argsz: std::mem::size_of::<wire::DmaUnmapMsg>() as u32,
-            ..req
-        })
+        Ok(())
     }
 
     /// Tells the device set when this connection starts or stops driving the device (it

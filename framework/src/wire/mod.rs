@@ -4,11 +4,18 @@
 //! Every message starts with a 16-byte [`Header`]; `message_size` counts the header. File
 //! descriptors travel as `SCM_RIGHTS` ancillary data with the message's bytes.
 
+mod framing;
+mod reply;
+mod request;
+
 use std::fs::File;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+
+pub use framing::{read_message, read_message_within, Deadlines, MessageReader};
+pub use reply::Reply;
+pub use request::{DmaMapRequest, DmaUnmapRange, Request, RequestError};
 
 use serde::Deserialize;
 use vm_memory::ByteValued;
@@ -419,251 +426,10 @@ impl Message {
         self.header.flags & flags::NO_REPLY != 0
     }
 
-    /// Reads the fixed struct `T` at the start of the payload, or fails with EINVAL when the
-    /// payload is shorter.
-    pub fn fixed<T: ByteValued>(&self) -> Result<T, WireError> {
-        let size = std::mem::size_of::<T>();
-        let bytes = self.payload.get(..size).ok_or(WireError::Invalid(
-            "payload shorter than the command's struct",
-        ))?;
-        T::from_slice(bytes).copied().ok_or(WireError::Invalid(
-            "payload shorter than the command's struct",
-        ))
-    }
-
     /// The payload after the fixed struct `T`.
     pub fn tail<T: ByteValued>(&self) -> &[u8] {
         self.payload.get(std::mem::size_of::<T>()..).unwrap_or(&[])
     }
-}
-
-/// Most fds the kernel passes with one `sendmsg` (`SCM_MAX_FD`).
-const SCM_MAX_FD: usize = 253;
-
-/// Space for the control message of one `recvmsg`: room for every fd a peer can attach, so
-/// that a message with more than [`MAX_MSG_FDS`] is received whole, refused, and its fds
-/// closed. Should the control data still be cut (`MSG_CTRUNC`), the fds that fitted are
-/// installed in this process all the same and are closed too.
-const CMSG_SPACE: usize = 16 + SCM_MAX_FD * std::mem::size_of::<RawFd>() + 4;
-
-/// Aligned storage for a control message.
-#[repr(C, align(8))]
-struct CmsgBuffer([u8; CMSG_SPACE]);
-
-/// What one `recvmsg` delivered.
-struct Received {
-    /// Bytes read into the buffer (0 at end of stream).
-    bytes: usize,
-    /// The control message was cut: the peer sent more fds than [`MAX_MSG_FDS`].
-    truncated: bool,
-}
-
-/// Receives into `buf` with one `recvmsg`, appending every fd the kernel installed to `fds`,
-/// also when the control message was truncated (those fds are ours to close, and `fds` owns
-/// them now).
-fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<File>) -> io::Result<Received> {
-    let mut cmsg = CmsgBuffer([0; CMSG_SPACE]);
-    loop {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: an all-zero msghdr is a valid empty header.
-        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-        hdr.msg_iov = &mut iov;
-        hdr.msg_iovlen = 1;
-        hdr.msg_control = cmsg.0.as_mut_ptr().cast();
-        hdr.msg_controllen = CMSG_SPACE as _;
-        // SAFETY: `hdr` points at one iovec covering `buf` and at `cmsg`, both live and
-        // writable for the whole call; the lengths given are theirs.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut hdr, libc::MSG_CMSG_CLOEXEC) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        take_fds(&hdr, fds);
-        return Ok(Received {
-            bytes: n as usize,
-            truncated: hdr.msg_flags & libc::MSG_CTRUNC != 0,
-        });
-    }
-}
-
-/// Takes ownership of every fd passed with `SCM_RIGHTS` in the control data `hdr` describes.
-fn take_fds(hdr: &libc::msghdr, fds: &mut Vec<File>) {
-    // SAFETY: `hdr` was filled in by a successful recvmsg; its control pointer and length
-    // describe the initialised part of our control buffer, which the CMSG_* macros walk
-    // without leaving it.
-    let mut c = unsafe { libc::CMSG_FIRSTHDR(hdr) };
-    while !c.is_null() {
-        // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR return either null or a header lying wholly
-        // inside the control buffer.
-        let (level, kind, len) = unsafe { ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len) };
-        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
-            // SAFETY: computing the data offset of a header inside the buffer.
-            let data = unsafe { libc::CMSG_DATA(c) };
-            let head = data as usize - c as usize;
-            #[allow(clippy::unnecessary_cast)] // cmsg_len is not usize on every libc
-            let count = (len as usize).saturating_sub(head) / std::mem::size_of::<RawFd>();
-            for i in 0..count {
-                // SAFETY: the kernel wrote `count` fds after the header (cmsg_len covers
-                // them); the read is unaligned-safe.
-                let fd = unsafe { std::ptr::read_unaligned(data.cast::<RawFd>().add(i)) };
-                if fd >= 0 {
-                    // SAFETY: the kernel just installed `fd` in our table for us; nothing
-                    // else owns it.
-                    fds.push(File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
-                }
-            }
-        }
-        // SAFETY: `c` is a header inside the buffer `hdr` describes.
-        c = unsafe { libc::CMSG_NXTHDR(hdr, c) };
-    }
-}
-
-/// How long a message may take to arrive.
-#[derive(Clone, Copy, Debug)]
-pub struct Deadlines {
-    /// The first byte must arrive by then (`None`: a connection may idle between
-    /// messages for as long as it likes).
-    pub first_byte: Option<Instant>,
-    /// Once a message has started, the rest must follow within this time.
-    pub rest: Duration,
-}
-
-impl Deadlines {
-    /// Idle as long as the peer likes, then `rest` for the message once it has begun.
-    pub fn idle_then(rest: Duration) -> Self {
-        Deadlines {
-            first_byte: None,
-            rest,
-        }
-    }
-}
-
-/// Waits until `sock` is readable or `deadline` passes.
-fn wait_readable(sock: &UnixStream, deadline: Instant) -> Result<(), WireError> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(WireError::TimedOut);
-        }
-        let mut pfd = libc::pollfd {
-            fd: sock.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd that outlives the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r > 0 {
-            return Ok(());
-        }
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(WireError::Io(e));
-            }
-        }
-    }
-}
-
-/// Where a message being received stands: whether any byte of it has come, and by when the
-/// rest must come (`None`: no bound).
-#[derive(Default)]
-struct Progress {
-    started: bool,
-    rest_by: Option<Instant>,
-}
-
-/// Fills `buf` from the stream. Before the message's first byte the wait is bounded by
-/// `deadlines.first_byte`; once any byte has come, the rest must come within
-/// `deadlines.rest`.
-fn recv_exact(
-    sock: &UnixStream,
-    buf: &mut [u8],
-    fds: &mut Vec<File>,
-    deadlines: &Deadlines,
-    progress: &mut Progress,
-    total: usize,
-) -> Result<(), WireError> {
-    let mut got = 0;
-    while got < buf.len() {
-        let bound = if progress.started {
-            progress.rest_by
-        } else {
-            deadlines.first_byte
-        };
-        if let Some(by) = bound {
-            wait_readable(sock, by)?;
-        }
-        let r = recv_with_fds(sock, &mut buf[got..], fds).map_err(WireError::Io)?;
-        if r.truncated {
-            // More fds than we accept: the kernel cut the rest; the ones it installed are
-            // in `fds` and close when the caller drops them.
-            return Err(WireError::TooManyFds(fds.len() + 1));
-        }
-        if r.bytes == 0 {
-            return Err(if progress.started {
-                WireError::Truncated { got, want: total }
-            } else {
-                WireError::Closed
-            });
-        }
-        if !progress.started {
-            progress.started = true;
-            progress.rest_by = Instant::now().checked_add(deadlines.rest);
-        }
-        got += r.bytes;
-    }
-    Ok(())
-}
-
-/// Reads one whole message. A header whose size is out of bounds is [`WireError::BadSize`]:
-/// the stream cannot be resynchronised and the caller should reply and close. A message that
-/// does not arrive within `deadlines` is [`WireError::TimedOut`].
-pub fn read_message_within(sock: &UnixStream, deadlines: &Deadlines) -> Result<Message, WireError> {
-    let mut header = Header::default();
-    let mut fds = Vec::new();
-    let mut progress = Progress::default();
-    recv_exact(
-        sock,
-        header.as_mut_slice(),
-        &mut fds,
-        deadlines,
-        &mut progress,
-        HEADER_SIZE,
-    )?;
-    let size = header.message_size;
-    if (size as usize) < HEADER_SIZE || size > MAX_MESSAGE_SIZE {
-        return Err(WireError::BadSize(size));
-    }
-    let mut payload = vec![0u8; size as usize - HEADER_SIZE];
-    recv_exact(
-        sock,
-        &mut payload,
-        &mut fds,
-        deadlines,
-        &mut progress,
-        size as usize,
-    )?;
-    if fds.len() > MAX_MSG_FDS as usize {
-        return Err(WireError::TooManyFds(fds.len()));
-    }
-    Ok(Message {
-        header,
-        payload,
-        fds,
-    })
-}
-
-/// Reads one whole message, waiting as long as it takes (a client's own tool; the server
-/// bounds partial messages with [`read_message_within`]).
-pub fn read_message(sock: &UnixStream) -> Result<Message, WireError> {
-    read_message_within(sock, &Deadlines::idle_then(Duration::MAX))
 }
 
 /// Iovecs kept on the stack when sending: a header and up to three body parts, which covers
@@ -747,6 +513,7 @@ pub fn send_error(sock: &UnixStream, request: &Header, errno: i32) -> io::Result
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::time::{Duration, Instant};
 
     fn pair() -> (UnixStream, UnixStream) {
         UnixStream::pair().unwrap()
@@ -904,17 +671,6 @@ mod tests {
         assert!(parse_client_capabilities(&[0xff, 0xfe, 0]).is_err());
         let ours = server_capabilities();
         assert_eq!(ours.last(), Some(&0));
-    }
-
-    #[test]
-    fn short_payload_is_einval() {
-        let m = Message {
-            header: Header::default(),
-            payload: vec![0; 3],
-            fds: vec![],
-        };
-        let e = m.fixed::<RegionAccessMsg>().unwrap_err();
-        assert_eq!(e.errno(), libc::EINVAL);
     }
 
     fn tempfile_like() -> File {

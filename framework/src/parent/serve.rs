@@ -1,0 +1,160 @@
+//! `serve`: run a parent until SIGINT/SIGTERM. It takes the sockets a service manager passed
+//! in, binds the control socket, creates the instances given with `--create` (any failure
+//! stops it), starts every `auto` definition of its definitions directory with its own UUID
+//! and socket (a definition that cannot start is logged and the others start), and only then
+//! answers the control socket: a client that connects early waits and sees them all.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use log::{error, info, warn};
+
+use super::activation::Activated;
+use super::cli::parse_create_spec;
+use super::control::{ControlServer, ControlSocket};
+use super::definitions::DefinitionStore;
+use super::driver::MdevDriver;
+use super::instances::{InstanceInfo, Parent};
+
+/// The signals that stop `serve`.
+fn shutdown_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread (and every thread it spawns later), so
+/// [`wait_for_shutdown`] can take them synchronously.
+pub fn block_shutdown_signals() {
+    let _ = shutdown_signals().thread_block();
+}
+
+/// Waits for SIGINT or SIGTERM (blocked first with [`block_shutdown_signals`]).
+pub fn wait_for_shutdown() {
+    if let Ok(sig) = shutdown_signals().wait() {
+        info!("{sig:?} received, shutting down");
+    }
+}
+
+/// The line `serve` prints for each instance it starts: `UUID TYPE SOCKET`.
+fn announce(info: &InstanceInfo) {
+    println!("{} {} {}", info.uuid, info.type_name, info.socket.display());
+}
+
+/// Runs the parent of `driver_name` with its sockets in `dir` and its definitions in `defs`.
+/// Returns the process exit code.
+pub(super) fn serve(
+    driver_name: &str,
+    dir: &Path,
+    defs: &Path,
+    create: &[String],
+    make_driver: impl FnOnce() -> Arc<dyn MdevDriver>,
+) -> i32 {
+    let fail = |what: String| {
+        eprintln!("{driver_name}: {what}");
+        1
+    };
+    block_shutdown_signals();
+    let parent = match Parent::new(make_driver(), dir) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot use {}: {e}", dir.display())),
+    };
+    // Sockets passed in by a service manager (systemd socket activation), if any.
+    let mut activated = match Activated::from_env() {
+        Ok(a) => a,
+        Err(e) => return fail(format!("socket activation: {e}")),
+    };
+    // Bound now (a parent already serving `dir` stops this one here), answered once the
+    // start-up instances exist.
+    let socket = match activated.take_control() {
+        Some(l) => ControlSocket::from_listener(l),
+        None => ControlSocket::bind(dir),
+    };
+    let socket = match socket {
+        Ok(s) => s,
+        Err(e) => return fail(format!("control socket: {e}")),
+    };
+    for spec in create {
+        let created = parse_create_spec(spec)
+            .map_err(|e| e.to_string())
+            .and_then(|(t, u, p)| {
+                let listener = u.and_then(|u| activated.take(&u.to_string()));
+                parent
+                    .create_on(&t, u, &p, listener)
+                    .map_err(|e| e.to_string())
+            });
+        match created {
+            Ok(info) => announce(&info),
+            Err(e) => {
+                error!("{spec}: {e}");
+                parent.shutdown();
+                return fail(format!("{spec}: {e}"));
+            }
+        }
+    }
+    let store = DefinitionStore::new(defs);
+    start_auto_definitions(driver_name, &parent, &store, &mut activated);
+    let control = match ControlServer::serve(parent.clone(), Some(store), socket) {
+        Ok(c) => c,
+        Err(e) => {
+            parent.shutdown();
+            return fail(format!("control socket: {e}"));
+        }
+    };
+    for name in activated.leftover() {
+        warn!("{driver_name}: passed-in socket {name} matches no instance; ignored");
+    }
+    info!("{driver_name}: control socket {}", control.path().display());
+    wait_for_shutdown();
+    drop(control);
+    parent.shutdown();
+    0
+}
+
+/// Starts every `auto` definition in `store` (on its passed-in socket when the service
+/// manager passed one named after its UUID). Each failure, and each file that cannot be read,
+/// is logged with its reason; the rest start regardless.
+fn start_auto_definitions(
+    driver_name: &str,
+    parent: &Parent,
+    store: &DefinitionStore,
+    activated: &mut Activated,
+) {
+    let dir = store.dir().display();
+    let scan = match store.scan() {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{driver_name}: definitions in {dir} not read: {e}");
+            return;
+        }
+    };
+    for bad in &scan.unreadable {
+        error!("{driver_name}: {bad}; not started");
+    }
+    let (mut started, mut failed) = (0usize, 0usize);
+    for def in scan.definitions.iter().filter(|d| d.auto) {
+        let listener = activated.take(&def.uuid.to_string());
+        match parent.create_on(&def.type_name, Some(def.uuid), &def.params, listener) {
+            Ok(info) => {
+                announce(&info);
+                started += 1;
+            }
+            Err(e) => {
+                error!(
+                    "{driver_name}: defined instance {} ({}) not started: {e}",
+                    def.uuid,
+                    store.path_of(def.uuid).display()
+                );
+                failed += 1;
+            }
+        }
+    }
+    info!(
+        "{driver_name}: definitions in {dir}: {} defined, {started} started, {failed} failed, \
+         {} unreadable",
+        scan.definitions.len(),
+        scan.unreadable.len()
+    );
+}
