@@ -1,8 +1,10 @@
 //! The viewer subcommands both display binaries offer next to the parent's (together:
 //! [`DisplayCommand`]): `snapshot [--dir D] UUID --out OUT.png` (or `UUID OUT.png`),
-//! `snapshot [--dir D] UUID --every SECS --out-dir D2` and `view [--dir D] UUID`.
+//! `snapshot [--dir D] UUID --every SECS --out-dir D2`, `view [--dir D] UUID` (in this
+//! terminal) and `view [--dir D] UUID --vnc ADDR:PORT` (a view-only VNC server).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,6 +17,7 @@ use uuid::Uuid;
 use crate::client::{ClientError, DisplayClient, ModeReader};
 use crate::snapshot::save_png;
 use crate::terminal::run_live_view;
+use crate::vnc::{VncConfig, VncServer};
 
 /// Viewer subcommands; flatten into a binary's subcommand enum.
 #[derive(Subcommand, Debug, Clone)]
@@ -52,12 +55,29 @@ pub enum ViewerCommand {
         out_file: Option<PathBuf>,
     },
     /// Show the instance's display live in this (truecolor) terminal; q, Esc or Ctrl-C quits.
+    /// With --vnc, serve it to VNC viewers instead (view-only) until interrupted.
     View {
         /// Where the parent's sockets are.
         #[command(flatten)]
         dir: DirArg,
         /// Instance UUID.
         uuid: Uuid,
+        /// Serve the display over VNC (RFB 3.8, view-only, no password) on ADDR:PORT, or PORT
+        /// on 127.0.0.1, e.g. 127.0.0.1:5900 (port 0: any free port). Prints `listening on
+        /// ADDR:PORT` once bound.
+        #[arg(long, value_name = "ADDR:PORT", value_parser = crate::vnc::parse_listen_address)]
+        vnc: Option<SocketAddr>,
+        /// Allow --vnc on an address other than loopback: anyone who can reach it sees the
+        /// display (RFB here has neither password nor encryption).
+        #[arg(long, requires = "vnc")]
+        vnc_listen_any: bool,
+        /// With --vnc: frames captured per second while a viewer is connected.
+        #[arg(long, requires = "vnc", value_name = "N", default_value_t = 30,
+              value_parser = clap::value_parser!(u32).range(1..=240))]
+        vnc_fps: u32,
+        /// With --vnc: viewers served at once (more are refused).
+        #[arg(long, requires = "vnc", value_name = "N", default_value_t = 16)]
+        vnc_max_viewers: usize,
     },
 }
 
@@ -107,6 +127,9 @@ pub enum ViewerError {
     /// Creating the output directory failed.
     #[error("{0}: {1}")]
     OutDir(PathBuf, #[source] std::io::Error),
+    /// The VNC server could not start or stopped.
+    #[error("vnc: {0}")]
+    Vnc(#[from] crate::vnc::VncError),
 }
 
 /// Runs a viewer command of driver `driver_name`, reading modes with `reader`. Returns the
@@ -147,12 +170,30 @@ pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeRea
             Some(out) => snapshot_once(&socket(&dir, uuid), reader, &out),
             None => Err(ViewerError::NoOutput),
         },
+        ViewerCommand::View {
+            dir,
+            uuid,
+            vnc: Some(listen),
+            vnc_listen_any,
+            vnc_fps,
+            vnc_max_viewers,
+        } => {
+            let config = VncConfig {
+                name: format!("{driver_name} {uuid}"),
+                fps: vnc_fps,
+                max_viewers: vnc_max_viewers,
+                ..VncConfig::default()
+            };
+            serve_vnc(&socket(&dir, uuid), reader, listen, vnc_listen_any, config)
+        }
         ViewerCommand::View { .. } if !std::io::stdout().is_terminal() => {
             Err(ViewerError::NotATerminal)
         }
-        ViewerCommand::View { dir, uuid } => DisplayClient::connect(&socket(&dir, uuid), reader)
-            .and_then(|mut c| run_live_view(&mut c))
-            .map_err(ViewerError::from),
+        ViewerCommand::View { dir, uuid, .. } => {
+            DisplayClient::connect(&socket(&dir, uuid), reader)
+                .and_then(|mut c| run_live_view(&mut c))
+                .map_err(ViewerError::from)
+        }
     };
     match result {
         Ok(()) => 0,
@@ -161,6 +202,26 @@ pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeRea
             1
         }
     }
+}
+
+/// Serves the instance on `socket` to VNC viewers on `listen` (a loopback address unless
+/// `listen_any`) until the instance can no longer be read. Prints `listening on ADDR:PORT`
+/// on standard output once bound.
+pub fn serve_vnc(
+    socket: &Path,
+    reader: Box<dyn ModeReader>,
+    listen: SocketAddr,
+    listen_any: bool,
+    config: VncConfig,
+) -> Result<(), ViewerError> {
+    let listener = crate::vnc::bind(listen, listen_any)?;
+    let client = DisplayClient::connect(socket, reader)?;
+    let server = VncServer::start(client, listener, config)?;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "listening on {}", server.local_addr());
+    let _ = out.flush();
+    server.wait()?;
+    Ok(())
 }
 
 /// Writes one PNG of the current frame of the instance on `socket` to `out`.
@@ -303,6 +364,54 @@ mod tests {
             Cli::try_parse_from(["x", "view", UUID]).unwrap().command,
             ViewerCommand::View { .. }
         ));
+    }
+
+    #[test]
+    fn view_serves_vnc_on_an_address_given_explicitly() {
+        let vnc_of = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(ViewerCommand::View {
+                vnc,
+                vnc_listen_any,
+                vnc_fps,
+                ..
+            }) => Ok((vnc, vnc_listen_any, vnc_fps)),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.kind()),
+        };
+        assert_eq!(vnc_of(&["x", "view", UUID]), Ok((None, false, 30)));
+        let local: SocketAddr = "127.0.0.1:5901".parse().unwrap();
+        assert_eq!(
+            vnc_of(&["x", "view", UUID, "--vnc", "5901"]),
+            Ok((Some(local), false, 30))
+        );
+        assert_eq!(
+            vnc_of(&[
+                "x",
+                "view",
+                "--vnc",
+                "127.0.0.1:5901",
+                UUID,
+                "--vnc-fps",
+                "60"
+            ]),
+            Ok((Some(local), false, 60))
+        );
+        let any: SocketAddr = "0.0.0.0:5900".parse().unwrap();
+        assert_eq!(
+            vnc_of(&[
+                "x",
+                "view",
+                UUID,
+                "--vnc",
+                "0.0.0.0:5900",
+                "--vnc-listen-any"
+            ]),
+            Ok((Some(any), true, 30))
+        );
+        // The address is not optional (it would swallow the UUID), and the VNC options need it.
+        assert!(vnc_of(&["x", "view", "--vnc", UUID]).is_err());
+        assert!(vnc_of(&["x", "view", UUID, "--vnc-listen-any"]).is_err());
+        assert!(vnc_of(&["x", "view", UUID, "--vnc", "5900", "--vnc-fps", "0"]).is_err());
     }
 
     #[test]

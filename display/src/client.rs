@@ -125,21 +125,40 @@ impl DisplayClient {
         let Some(mode) = self.mode()? else {
             return Ok(None);
         };
-        let window = mode
-            .end()
-            .filter(|_| mode.fits(self.map.size() as u64))
-            .and_then(|end| {
-                let start = usize::try_from(mode.offset).ok()?;
-                let len = usize::try_from(end - mode.offset).ok()?;
-                self.map.get_slice(start, len).ok()
-            });
-        let Some(window) = window else {
+        if !copy_visible(&self.map, &mode, &mut self.visible) {
             return Ok(None);
-        };
-        self.visible.resize(window.len(), 0);
-        window.copy_to(&mut self.visible);
+        }
         Ok(Frame::from_visible(mode, &self.visible))
     }
+
+    /// Copies the bytes the current mode scans out (from its offset to [`Mode::end`]) into
+    /// `into`, resized to fit, and returns the mode; `None` when nothing valid is scanned out.
+    /// For viewers that keep their own frames ([`Frame::from_visible`] reads them).
+    pub fn capture(&mut self, into: &mut Vec<u8>) -> Result<Option<Mode>, ClientError> {
+        let Some(mode) = self.mode()? else {
+            return Ok(None);
+        };
+        Ok(copy_visible(&self.map, &mode, into).then_some(mode))
+    }
+}
+
+/// Copies the window of `map` that `mode` scans out into `into`; false when the mode does not
+/// fit the mapping.
+fn copy_visible(map: &MmapRegion, mode: &Mode, into: &mut Vec<u8>) -> bool {
+    let window = mode
+        .end()
+        .filter(|_| mode.fits(map.size() as u64))
+        .and_then(|end| {
+            let start = usize::try_from(mode.offset).ok()?;
+            let len = usize::try_from(end - mode.offset).ok()?;
+            map.get_slice(start, len).ok()
+        });
+    let Some(window) = window else {
+        return false;
+    };
+    into.resize(window.len(), 0);
+    window.copy_to(into.as_mut_slice());
+    true
 }
 
 impl Drop for DisplayClient {

@@ -29,9 +29,11 @@ pub mod client;
 pub mod device;
 pub mod format;
 pub mod framebuffer;
+pub mod rfb;
 pub mod snapshot;
 pub mod terminal;
 pub mod testing;
+pub mod vnc;
 
 pub use client::{ClientError, DisplayClient, ModeReader, RegisterSource};
 pub use device::{display_device, Display, DisplayDevice, DisplayModel};

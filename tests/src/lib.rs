@@ -6,6 +6,7 @@ pub mod parent_harness;
 pub mod probe_device;
 pub mod pty;
 pub mod raw_client;
+pub mod rfb_client;
 pub mod scratch;
 pub mod served_parent;
 

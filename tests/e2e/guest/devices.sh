@@ -2,8 +2,10 @@
 # by a stock Linux guest. The host and the guest talk over the mtty socket port (fd 3 below),
 # so every step of the conversation also exercises the serial card both ways:
 #   guest: fbcon text on the mbochs display        -> "fbcon-ready"
-#   host:  snapshot (a second client of mbochs)    -> "next"
-#   guest: fills the mbochs fb, paints mdpy        -> "drawn"
+#   host:  snapshot (a second client of mbochs),
+#          VNC capture = snapshot, a VNC watcher   -> "next"
+#   guest: scrolls fbcon for 3 s (the watcher counts updates),
+#          fills the mbochs fb, paints mdpy        -> "drawn"
 #   host:  snapshots of both, checked              -> "done"
 # Kernel arguments: e2e.mbochs_colour, e2e.mdpy_top, e2e.mdpy_bottom (0x00RRGGBB).
 
@@ -59,8 +61,21 @@ while [ $i -lt 30 ]; do
   echo "vfio-user mbochs end-to-end: fbcon line $i ##########################" > /dev/tty1
   i=$((i + 1))
 done
+# A steady picture for the host to compare a VNC capture with: no blinking cursor.
+echo 0 > /sys/class/graphics/fbcon/cursor_blink || e2e_info "fbcon: cursor_blink not settable"
 say fbcon-ready
 e2e_check mtty-host-to-guest hear next
+
+# fbcon scrolls for about 3 s while a VNC viewer on the host counts the updates it gets.
+end=$(( $(date +%s) + 3 ))
+n=0
+while [ "$(date +%s)" -lt "$end" ]; do
+  for _ in 1 2 3 4 5; do
+    echo "vfio-user mbochs end-to-end: scrolling fbcon, line $n ##################" > /dev/tty1
+    n=$((n + 1))
+  done
+done
+e2e_info "fbcon: $n lines written in 3 s"
 
 # After the host's snapshot client came and went, the display must keep updating.
 size=$(cat /sys/class/graphics/fb0/virtual_size)   # "W,H"

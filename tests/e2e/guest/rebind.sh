@@ -9,6 +9,12 @@ e2e_check again-mtty-bound bound_to "$mtty" serial
 load_module bochs
 e2e_check again-mbochs-bound bound_to "$bochs" bochs-drm
 e2e_check again-mbochs-fb0 wait_for /dev/fb0 10
+# Text in the new mode, and a steady picture (no blinking cursor) for the host's VNC viewer
+# to compare with a snapshot.
+for i in 1 2 3 4 5 6 7 8; do
+  echo "vfio-user mbochs end-to-end, second boot: fbcon at $(e2e_arg mode) line $i" > /dev/tty1
+done
+echo 0 > /sys/class/graphics/fbcon/cursor_blink || e2e_info "fbcon: cursor_blink not settable"
 e2e_check again-mdpy-enable guest-pci enable "${mdpy##*/}"
 e2e_check again-mdpy-rw sh -c "guest-pci write32 ${mdpy##*/} 0 0 0x12345678 && test \$(guest-pci read32 ${mdpy##*/} 0 0) = 0x12345678"
 e2e_check again-mode test "$(cat /sys/class/graphics/fb0/virtual_size)" = "$(e2e_arg mode)"

@@ -11,6 +11,7 @@
 //! - `crc32=HHHHHHHH`      the CRC-32 (IEEE, as zlib's and busybox's `crc32`) of the picture
 //!   as XRGB8888 memory (bytes B, G, R, 0 per pixel, rows top to bottom, no padding) — what a
 //!   guest gets from `crc32 < /dev/fbN` on a framebuffer of that mode whose X bytes are zero.
+//! - `same=OTHER.png`      OTHER has the same size and every pixel the same colour.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -110,6 +111,33 @@ fn check(st: &Stats, c: &str) -> Result<Option<String>, String> {
                 format!("XRGB8888 crc32 is {got:08x}, want {want:08x}"),
             ))
         }
+        "same" => {
+            let other = image::open(val)
+                .map_err(|e| format!("{val}: {e}"))?
+                .to_rgb8();
+            if other.dimensions() != st.img.dimensions() {
+                return Ok(Some(format!(
+                    "{val} is {}x{}, this is {}x{}",
+                    other.width(),
+                    other.height(),
+                    st.img.width(),
+                    st.img.height()
+                )));
+            }
+            let differ = st
+                .img
+                .enumerate_pixels()
+                .filter(|(x, y, p)| other.get_pixel(*x, *y) != *p)
+                .map(|(x, y, _)| (x, y));
+            let (count, first) = differ.fold((0u64, None), |(n, f), xy| (n + 1, f.or(Some(xy))));
+            Ok(first.map(|(x, y)| {
+                format!(
+                    "{count} pixels differ from {val}, the first at ({x},{y}): {} here, {} there",
+                    hex(st.img.get_pixel(x, y).0),
+                    hex(other.get_pixel(x, y).0)
+                )
+            }))
+        }
         _ => Err(format!("unknown check '{c}'")),
     }
 }
@@ -117,7 +145,7 @@ fn check(st: &Stats, c: &str) -> Result<Option<String>, String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((path, checks)) = args.split_first() else {
-        eprintln!("usage: png-stat FILE [size=WxH] [at=X,Y=RRGGBB] [share=RRGGBB>=F] [colours>=N] [other=RRGGBB>=F] [crc32=HHHHHHHH]");
+        eprintln!("usage: png-stat FILE [size=WxH] [at=X,Y=RRGGBB] [share=RRGGBB>=F] [colours>=N] [other=RRGGBB>=F] [crc32=HHHHHHHH] [same=OTHER.png]");
         return ExitCode::from(2);
     };
     let img = match image::open(path) {
