@@ -122,7 +122,7 @@ fn interrupt_round_trip(dir: &ScratchDir, listeners: usize) -> f64 {
     let one = |c: &mut Client| {
         c.region_write(0, REG_IRQ_LINE, &1u32.to_le_bytes())
             .unwrap();
-        efd.read().unwrap();
+        mdev_tests::wait_event(&efd);
         c.region_write(0, REG_IRQ_LINE, &0u32.to_le_bytes())
             .unwrap();
     };

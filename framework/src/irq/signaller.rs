@@ -48,7 +48,8 @@ impl Eventfd {
         if link.as_os_str() != EVENTFD_LINK {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
-        set_nonblocking(&file);
+        // Its flags are left as the client set them: the file description is the client's
+        // too, and a write that blocks stalls only this connection's delivery thread.
         Ok(Eventfd {
             file,
             pending: AtomicBool::new(false),
@@ -237,17 +238,4 @@ fn install_wakeup_handler() {
             }
         }
     });
-}
-
-fn set_nonblocking(f: &File) {
-    // The client shares this file description and may clear the flag again; that can stall
-    // only this connection's delivery thread.
-    let fd = f.as_raw_fd();
-    // SAFETY: fcntl on a valid fd we own; F_GETFL/F_SETFL do not touch memory.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
-    }
 }
