@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use bitflags::bitflags;
 
-use crate::device_set::SetContext;
 use crate::dma::DmaMapping;
 use crate::error::DeviceError;
 use crate::irq::{Interrupts, IrqSpan};
 use crate::owner::ConnectionId;
 use crate::region::RegionInfo;
+use crate::set_context::SetContext;
 
 bitflags! {
     /// `vfio_device_info.flags`.

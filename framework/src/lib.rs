@@ -59,6 +59,7 @@ pub mod parent;
 pub mod pci;
 pub mod region;
 pub mod server;
+pub mod set_context;
 pub mod wire;
 
 pub use device::{Device, DeviceFlags};
