@@ -379,11 +379,13 @@ impl Parent {
         };
         if let Err(e) = result {
             warn!("{}: {e}", self.driver.name());
-            // The instance serves on: clients are accepted again.
-            if let Some(inst) = self.lock().get_mut(&uuid) {
+            // The instance serves on: clients are accepted again. Undone under the instances
+            // lock, the device first, so a removal that starts next finds both settled.
+            let mut instances = self.lock();
+            drop(departure);
+            if let Some(inst) = instances.get_mut(&uuid) {
                 inst.leaving = false;
             }
-            drop(departure);
             return Err(e);
         }
         self.finish_removal(uuid, departure);
