@@ -255,8 +255,8 @@ pub struct Periodic {
 }
 
 /// Writes a PNG of `client`'s current frame into `out_dir` as `every` says, as
-/// `UUID-UNIXTIME-SEQ.png`. A moment with nothing scanned out is skipped. Returns how many
-/// files were written.
+/// `UUID-UNIXTIME-SEQ.png`. A moment with nothing scanned out is skipped. Stops early when
+/// the server asks the client to let the device go. Returns how many files were written.
 pub fn snapshot_every(
     client: &mut DisplayClient,
     every: &Periodic,
@@ -271,6 +271,10 @@ pub fn snapshot_every(
         if seq > 0 {
             next += every.period;
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        if client.release_requested() {
+            log::info!("the instance is being removed: the viewer lets it go");
+            break;
         }
         let stamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)

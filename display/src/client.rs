@@ -8,7 +8,11 @@
 //! holding the fd can make those reads fault.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::Path;
+
+use mdev::irq::{IrqIndex, SetIrqsFlags};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use vm_memory::mmap::{MmapRegion, MmapRegionError};
 use vm_memory::{FileOffset, VolatileMemory};
@@ -69,6 +73,8 @@ pub trait ModeReader: Send + Sync {
 /// A read-only view of a display instance.
 pub struct DisplayClient {
     client: vfio_user::Client,
+    /// Signalled by the server when it asks this client to let the device go (REQ).
+    request: Option<EventFd>,
     map: MmapRegion,
     /// The scanned-out bytes of the last frame, copied out of `map`.
     visible: Vec<u8>,
@@ -94,12 +100,23 @@ impl DisplayClient {
         }
         let map = map_read_only(backing.file(), backing.start(), len)?;
         log::info!("viewer: {} mapped, {len} bytes", socket.display());
+        let mut client = client;
+        let request = route_request(&mut client);
         Ok(DisplayClient {
             client,
+            request,
             map,
             visible: Vec::new(),
             reader,
         })
+    }
+
+    /// Whether the server has asked this client to let the device go (the instance is being
+    /// removed, or its parent stops): a viewer should then close.
+    pub fn release_requested(&self) -> bool {
+        self.request
+            .as_ref()
+            .is_some_and(|e| e.read().is_ok_and(|n| n > 0))
     }
 
     /// The mode scanned out now.
@@ -165,6 +182,24 @@ impl Drop for DisplayClient {
     fn drop(&mut self) {
         // A clean goodbye: the server sees EOF and closes only this connection.
         let _ = self.client.shutdown();
+    }
+}
+
+/// Routes the device request interrupt (REQ) to a fresh eventfd, when the device offers
+/// one; `None` (the viewer then stays until closed) otherwise.
+fn route_request(client: &mut vfio_user::Client) -> Option<EventFd> {
+    let info = client.get_irq_info(IrqIndex::Req as u32).ok()?;
+    if info.count < 1 {
+        return None;
+    }
+    let event = EventFd::new(EFD_NONBLOCK).ok()?;
+    let flags = (SetIrqsFlags::DATA_EVENTFD | SetIrqsFlags::ACTION_TRIGGER).bits();
+    match client.set_irqs(IrqIndex::Req as u32, flags, 0, 1, &[event.as_raw_fd()]) {
+        Ok(()) => Some(event),
+        Err(e) => {
+            log::warn!("viewer: the device request interrupt could not be routed: {e}");
+            None
+        }
     }
 }
 

@@ -220,8 +220,8 @@ pub fn is_quit_key(key: &KeyEvent) -> bool {
         }
 }
 
-/// Shows `client`'s display in this terminal until q, Esc or Ctrl-C. The terminal is
-/// restored on every way out.
+/// Shows `client`'s display in this terminal until q, Esc or Ctrl-C, or until the server
+/// asks the client to let the device go. The terminal is restored on every way out.
 pub fn run_live_view(client: &mut DisplayClient) -> Result<(), ClientError> {
     let guard = TerminalGuard::enter().map_err(ClientError::Terminal)?;
     let result = live_loop(client);
@@ -236,6 +236,10 @@ fn live_loop(client: &mut DisplayClient) -> Result<(), ClientError> {
     let mut blank_shown = false;
     let mut stdout = io::stdout();
     loop {
+        if client.release_requested() {
+            // The instance is being removed: let it go.
+            return Ok(());
+        }
         if event::poll(FRAME_INTERVAL).map_err(io_err)? {
             match event::read().map_err(io_err)? {
                 Event::Key(k) if is_quit_key(&k) => return Ok(()),

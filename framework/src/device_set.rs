@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Instant;
 
 use log::{debug, error, info, warn};
 
@@ -39,6 +40,8 @@ pub struct DeviceSet {
     key: Option<DeviceSetKey>,
     serial: u64,
     state: Mutex<SetState>,
+    /// Notified whenever a member's open closes (a removal waits on it).
+    closed: Condvar,
     registry: Weak<Registry>,
 }
 
@@ -159,6 +162,7 @@ impl DeviceSets {
                 state: Mutex::new(SetState {
                     members: Vec::new(),
                 }),
+                closed: Condvar::new(),
                 registry: Arc::downgrade(&self.registry),
             })
         };
@@ -338,6 +342,92 @@ impl DeviceHandle {
         Ok(())
     }
 
+    /// The first step of a graceful removal: marks the device as leaving (new opens fail
+    /// with ENODEV) and returns who holds it now, each with whether its connection routed
+    /// the device request interrupt (REQ) and so can be asked to let go. One step under the
+    /// set lock: no open slips in between.
+    pub fn begin_leaving(&self) -> Vec<(Open, bool)> {
+        let mut st = self.set.lock();
+        let Ok(pos) = Self::position(&st, self.id) else {
+            return Vec::new();
+        };
+        st.members[pos].leaving = true;
+        let askable = self.interrupts.request_routes();
+        st.members[pos]
+            .opens
+            .iter()
+            .map(|o| (o.clone(), askable.contains(&o.conn)))
+            .collect()
+    }
+
+    /// Undoes [`DeviceHandle::begin_leaving`] (or [`DeviceHandle::retire`]): the removal was
+    /// refused, and the device accepts opens again.
+    pub fn stay(&self) {
+        let mut st = self.set.lock();
+        if let Ok(pos) = Self::position(&st, self.id) {
+            st.members[pos].leaving = false;
+        }
+    }
+
+    /// Whether the device is leaving (new opens are refused).
+    pub fn is_leaving(&self) -> bool {
+        let st = self.set.lock();
+        Self::position(&st, self.id).is_ok_and(|pos| st.members[pos].leaving)
+    }
+
+    /// Asks every client whose connection routed the device request interrupt (REQ) to let
+    /// the device go, signalling REQ once to each, as the kernel's `vfio_device_unregister`
+    /// asks through the driver's `request` op; returns the opens that were asked.
+    pub fn request_release(&self) -> Vec<Open> {
+        let st = self.set.lock();
+        let asked = self.interrupts.signal_request();
+        let opens = Self::position(&st, self.id)
+            .map(|pos| st.members[pos].opens.clone())
+            .unwrap_or_default();
+        for o in opens.iter().filter(|o| asked.contains(&o.conn)) {
+            info!(
+                "{}: asked {} ({}{}) to release the device (REQ)",
+                self.name,
+                o.conn,
+                o.owner,
+                o.uid.map_or(String::new(), |u| format!(", uid {u}"))
+            );
+        }
+        opens
+            .into_iter()
+            .filter(|o| asked.contains(&o.conn))
+            .collect()
+    }
+
+    /// Waits until none of `conns` holds the device open, or until `deadline`. Returns
+    /// whether they all closed. Woken by every close in the set, never by polling.
+    pub fn wait_closed(&self, conns: &[ConnectionId], deadline: Instant) -> bool {
+        let mut st = self.set.lock();
+        loop {
+            let held = Self::position(&st, self.id).is_ok_and(|pos| {
+                st.members[pos]
+                    .opens
+                    .iter()
+                    .any(|o| conns.contains(&o.conn))
+            });
+            if !held {
+                return true;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            if left.is_zero() {
+                return false;
+            }
+            st = self
+                .set
+                .closed
+                .wait_timeout(st, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
     /// Closes connection `conn`'s open: its eventfds are dropped (the device is told with
     /// `connection_closed`), and on the last close `close_device` runs under the set lock.
     /// Closing a connection that is not open is a no-op. A hook that panics is logged; the
@@ -351,6 +441,7 @@ impl DeviceHandle {
             return;
         };
         let owner = st.members[pos].opens.remove(i).owner;
+        self.set.closed.notify_all();
         self.interrupts.release(conn);
         let _ = self.run_hook("connection_closed", |d| {
             d.connection_closed(conn);
@@ -518,5 +609,85 @@ mod tests {
         let e = h.open(ConnectionId(3), VMM_B).unwrap_err();
         assert_eq!(e.errno(), libc::ENODEV);
         assert_eq!(h.open_count(), 0);
+    }
+
+    fn route_req(h: &DeviceHandle, conn: ConnectionId) -> vmm_sys_util::eventfd::EventFd {
+        use crate::irq::{IrqAction, IrqData, IrqIndex, IrqRequest};
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        let e = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        // SAFETY: `e` owns this open fd for the duration of the borrow; it is duplicated.
+        let fd = unsafe { BorrowedFd::borrow_raw(e.as_raw_fd()) };
+        let file = std::fs::File::from(fd.try_clone_to_owned().unwrap());
+        h.interrupts()
+            .apply(
+                conn,
+                IrqRequest {
+                    index: IrqIndex::Req,
+                    start: 0,
+                    count: 1,
+                    action: IrqAction::Trigger,
+                    data: IrqData::Eventfds(vec![file]),
+                },
+            )
+            .unwrap();
+        e
+    }
+
+    #[test]
+    fn leaving_asks_only_the_connections_that_routed_req_and_a_close_ends_the_wait() {
+        let (h, _) = quiet();
+        let (vmm, viewer) = (ConnectionId(1), ConnectionId(2));
+        h.open(vmm, VMM_A).unwrap();
+        h.open(viewer, VIEWER).unwrap();
+        let req = route_req(&h, vmm);
+        let holders = h.begin_leaving();
+        assert_eq!(
+            holders
+                .iter()
+                .map(|(o, askable)| (o.conn, *askable))
+                .collect::<Vec<_>>(),
+            [(vmm, true), (viewer, false)]
+        );
+        assert_eq!(
+            h.open(ConnectionId(3), VMM_B).unwrap_err().errno(),
+            libc::ENODEV
+        );
+        let asked = h.request_release();
+        assert_eq!(asked.iter().map(|o| o.conn).collect::<Vec<_>>(), [vmm]);
+        assert!(h
+            .interrupts()
+            .wait_delivered(std::time::Duration::from_secs(10)));
+        assert_eq!(req.read().unwrap(), 1, "REQ signalled once");
+        // The asked client closes from another thread, as QEMU does after the unplug.
+        let closer = {
+            let h = h.clone();
+            std::thread::spawn(move || h.close(vmm))
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        assert!(h.wait_closed(&[vmm], deadline));
+        closer.join().unwrap();
+        assert_eq!(
+            h.open_count(),
+            1,
+            "the viewer was not asked and still holds it"
+        );
+    }
+
+    #[test]
+    fn a_wait_that_runs_out_reports_the_holder_and_staying_accepts_opens_again() {
+        let (h, _) = quiet();
+        h.open(ConnectionId(1), VMM_A).unwrap();
+        let _req = route_req(&h, ConnectionId(1));
+        h.begin_leaving();
+        assert!(h.is_leaving());
+        h.request_release();
+        let t = Instant::now();
+        let soon = t + std::time::Duration::from_millis(50);
+        assert!(!h.wait_closed(&[ConnectionId(1)], soon));
+        assert!(t.elapsed() >= std::time::Duration::from_millis(50));
+        h.stay();
+        assert!(!h.is_leaving());
+        h.open(ConnectionId(2), VMM_B).unwrap();
+        assert_eq!(h.open_count(), 2);
     }
 }

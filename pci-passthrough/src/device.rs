@@ -20,7 +20,7 @@ use crate::client_trust::ClientTrust;
 use crate::dma::IommuSpace;
 use crate::host::{AffectedDevice, HostDevice, HostRegion, HostVfio};
 use crate::irq::{host_layout, IrqForwarder};
-use crate::reset::{plan_device_reset, plan_hot_reset, ResetMethod, ResetState};
+use crate::reset::{open_reset, plan_device_reset, plan_hot_reset, ResetMethod, ResetState};
 
 /// A host PCI function served over vfio-user.
 pub struct PassthroughDevice<V: HostVfio> {
@@ -55,6 +55,9 @@ impl<V: HostVfio> PassthroughDevice<V> {
             .collect();
         let layout = host_layout(&device);
         let forwarder = IrqForwarder::new(u32::try_from(layout.len()).unwrap_or(PCI_NUM_IRQS));
+        // Described; the device fd is opened again by the first client (open_device).
+        let mut device = device;
+        device.release();
         PassthroughDevice {
             address: device.address(),
             host,
@@ -188,10 +191,10 @@ impl<V: HostVfio> Device for PassthroughDevice<V> {
         let areas = self
             .host_mmap_areas(index)
             .filter(|_| self.trust.hands_out_host_fd());
-        let mmap = areas.map(|areas| {
+        let mmap = areas.zip(self.device.file()).map(|(areas, file)| {
             flags |= RegionFlags::MMAP;
             MmapBacking {
-                file: self.device.file(),
+                file,
                 file_offset: r.offset,
                 areas,
             }
@@ -226,7 +229,21 @@ impl<V: HostVfio> Device for PassthroughDevice<V> {
         Ok(())
     }
 
-    fn open_device(&mut self, _ctx: &SetContext) -> Result<(), DeviceError> {
+    fn open_device(&mut self, ctx: &SetContext) -> Result<(), DeviceError> {
+        // The host device fd, released while nobody used the device, is opened again, and
+        // the device reset: alone (FLR) or, when this is the set's first open, its scope.
+        if let Err(e) = self.device.acquire() {
+            warn!("{}: cannot open the host device: {e}", self.address);
+            return Err(e.into());
+        }
+        match open_reset(self.flr, &self.scope, ctx) {
+            Some(method) => {
+                if let Err(e) = self.run_reset(&method) {
+                    warn!("{}: reset on open: {e}", self.address);
+                }
+            }
+            None => debug!("{}: not reset on open (the set is in use)", self.address),
+        }
         debug!("{}: opened", self.address);
         Ok(())
     }
@@ -241,17 +258,19 @@ impl<V: HostVfio> Device for PassthroughDevice<V> {
                 Err(e) => warn!("{}: reset on close: {e}", self.address),
             }
         }
-        if !self.resets.any_needs_reset() {
-            return;
-        }
-        match plan_hot_reset(&self.scope, ctx, None) {
-            Ok(method) => {
-                if let Err(e) = self.run_reset(&method) {
-                    warn!("{}: reset of the idle set failed: {e}", self.address);
+        if self.resets.any_needs_reset() {
+            match plan_hot_reset(&self.scope, ctx, None) {
+                Ok(method) => {
+                    if let Err(e) = self.run_reset(&method) {
+                        warn!("{}: reset of the idle set failed: {e}", self.address);
+                    }
                 }
+                Err(why) => debug!("{}: set not reset on close: {why}", self.address),
             }
-            Err(why) => debug!("{}: set not reset on close: {why}", self.address),
         }
+        // Nobody uses the device: its fd goes, and vfio-pci may runtime-suspend it.
+        self.device.release();
+        debug!("{}: host device fd released", self.address);
     }
 
     fn reset(&mut self, ctx: &SetContext) -> Result<(), DeviceError> {
@@ -356,6 +375,7 @@ mod tests {
         let (fake, _sets, h) = edus(false, &[1, 2]);
         h[0].open(conn(), A).unwrap();
         h[1].open(conn(), B).unwrap();
+        fake.clear_calls(); // the set's first open reset it
         assert_eq!(h[0].reset(A).unwrap_err().errno(), libc::EBUSY);
         assert_eq!(h[1].reset(B).unwrap_err().errno(), libc::EBUSY);
         assert!(hot_resets(&fake.calls()).is_empty());
@@ -366,6 +386,7 @@ mod tests {
         let (fake, _sets, h) = edus(false, &[1, 2]);
         h[0].open(conn(), A).unwrap();
         h[0].open(conn(), B).unwrap();
+        fake.clear_calls(); // the set's first open reset it
         assert_eq!(h[0].reset(A).unwrap_err().errno(), libc::EBUSY);
         assert!(hot_resets(&fake.calls()).is_empty());
     }
@@ -373,14 +394,15 @@ mod tests {
     #[test]
     fn a_hot_reset_runs_when_the_requester_holds_every_open_device_of_the_set() {
         let (fake, _sets, h) = edus(false, &[1, 2]);
-        h[0].open(conn(), A).unwrap();
+        h[0].open(conn(), A).unwrap(); // the set's first open: reset
         h[0].reset(A).unwrap(); // the sibling is closed: it allows the reset
-        h[1].open(conn(), A).unwrap();
+        h[1].open(conn(), A).unwrap(); // the set is in use: no reset on open
         h[0].open(conn(), A).unwrap();
         h[1].reset(A).unwrap(); // every open belongs to A
         assert_eq!(
             hot_resets(&fake.calls()),
             [
+                &Call::HotReset(addr(1), vec![GROUP]),
                 &Call::HotReset(addr(1), vec![GROUP]),
                 &Call::HotReset(addr(2), vec![GROUP])
             ]
@@ -404,6 +426,7 @@ mod tests {
         h[0].open(c1, A).unwrap();
         h[1].open(c2, B).unwrap();
         h[1].open(c3, B).unwrap();
+        fake.clear_calls(); // the set's first open reset it
         h[0].close(c1);
         assert!(hot_resets(&fake.calls()).is_empty(), "sibling still open");
         h[1].close(c2);
@@ -426,8 +449,9 @@ mod tests {
         h[1].close(c2);
         let calls = fake.calls();
         let resets = |a| calls.iter().filter(|c| **c == Call::Reset(a)).count();
-        assert_eq!(resets(addr(1)), 2);
-        assert_eq!(resets(addr(2)), 1);
+        // Each on its first open and its last close; the first also on request.
+        assert_eq!(resets(addr(1)), 3);
+        assert_eq!(resets(addr(2)), 2);
         assert!(hot_resets(&calls).is_empty(), "function resets sufficed");
     }
 
@@ -446,6 +470,8 @@ mod tests {
     #[test]
     fn region_accesses_pass_through_at_the_region_offset() {
         let (fake, _sets, h) = edus(false, &[1]);
+        h[0].open(conn(), A).unwrap();
+        fake.clear_calls();
         let mut dev = h[0].lock();
         dev.write(BAR0, 0x10, &0xdead_beef_u32.to_le_bytes())
             .unwrap();
@@ -477,6 +503,8 @@ mod tests {
     #[test]
     fn accesses_outside_every_region_are_refused_with_einval() {
         let (fake, _sets, h) = edus(false, &[1]);
+        h[0].open(conn(), A).unwrap();
+        fake.clear_calls();
         let mut dev = h[0].lock();
         let mut word = [0u8; 4];
         let hostile = [
@@ -514,9 +542,20 @@ mod tests {
             rom: true,
             ..FakeSpec::new(addr(3))
         });
-        let (dev, _) = Passthrough::new(Arc::new(fake.clone()))
+        let (mut dev, _) = Passthrough::new(Arc::new(fake.clone()))
             .open_with(addr(3), trust)
             .unwrap();
+        // A client's first open: the host device fd is open again.
+        let members = [mdev::MemberState::new(
+            mdev::DeviceId(1),
+            &addr(3).to_string(),
+        )];
+        let ctx = SetContext {
+            this: members[0].id,
+            requester: Some(A),
+            members: &members,
+        };
+        dev.open_device(&ctx).unwrap();
         (fake, dev)
     }
 
@@ -881,9 +920,11 @@ mod tests {
             rom: true,
             ..FakeSpec::new(addr(3))
         });
+        h.open(conn(), A).unwrap();
         let file = fake.device_file(addr(3)).expect("device open");
         let base = u64::from(ROM_REGION_INDEX) * FAKE_REGION_STRIDE;
         file.write_all_at(&[0x55, 0xaa], base).unwrap();
+        fake.clear_calls();
         let mut dev = h.lock();
         let rom = dev.region_info(ROM_REGION_INDEX);
         assert_eq!(rom.size, FAKE_ROM_SIZE);

@@ -14,7 +14,8 @@ use mdev::region::{RegionFlags, BAR0_REGION_INDEX, CONFIG_REGION_INDEX, ROM_REGI
 
 use crate::address::PciAddress;
 use crate::host::{
-    AffectedDevice, HostDevice, HostDeviceInfo, HostError, HostIrqSet, HostRegion, HostVfio,
+    released, AffectedDevice, HostDevice, HostDeviceInfo, HostError, HostIrqSet, HostRegion,
+    HostVfio,
 };
 
 /// Distance between two regions in a fake device fd (vfio-pci uses index << 40).
@@ -85,6 +86,8 @@ pub enum Op {
     MapDma,
     /// IOMMU unmap.
     UnmapDma,
+    /// Opening a device fd again ([`HostDevice::acquire`]).
+    Acquire,
 }
 
 /// How a fake device looks.
@@ -161,7 +164,12 @@ struct Kernel {
     calls: Vec<Call>,
     failures: HashMap<Op, i32>,
     iommu: BTreeMap<u64, u64>,
+    /// The device fd last opened for each device (alive while someone holds it).
     files: HashMap<PciAddress, Weak<File>>,
+    /// Each device's memory, which outlives its device fds (as the hardware does).
+    memory: HashMap<PciAddress, Arc<File>>,
+    /// How many times each device fd was opened.
+    fd_opens: HashMap<PciAddress, usize>,
 }
 
 /// The fake host VFIO. Clones share one fake kernel.
@@ -210,10 +218,56 @@ impl FakeVfio {
         self.lock().iommu.clone()
     }
 
-    /// The fd of the device last opened at `address`, while the server still holds it: the
-    /// device's memory as the host kernel sees it, reached behind the server's back.
+    /// The fd of the device last opened at `address`, while the server (or a client it was
+    /// handed to) still holds it: the device's memory as the host kernel sees it.
     pub fn device_file(&self, address: PciAddress) -> Option<Arc<File>> {
         self.lock().files.get(&address).and_then(Weak::upgrade)
+    }
+
+    /// Whether the device fd the server was last given for `address` is still open (with
+    /// none open, vfio-pci disables the function and may runtime-suspend it).
+    pub fn device_open(&self, address: PciAddress) -> bool {
+        self.device_file(address).is_some()
+    }
+
+    /// How many times a device fd of `address` was opened so far.
+    pub fn device_fd_opens(&self, address: PciAddress) -> usize {
+        self.lock().fd_opens.get(&address).copied().unwrap_or(0)
+    }
+
+    /// The device's memory, reached behind the server's back whether or not a device fd is
+    /// open.
+    pub fn device_memory(&self, address: PciAddress) -> Option<Arc<File>> {
+        self.lock().memory.get(&address).cloned()
+    }
+
+    /// A new device fd of `address` (a duplicate of its memory fd), recorded.
+    fn open_fd(&self, address: PciAddress) -> Result<Arc<File>, HostError> {
+        let mut k = self.lock();
+        let memory = match k.memory.get(&address) {
+            Some(m) => m.clone(),
+            None => {
+                // Shared memory as large as every region gives a (sealed) memfd standing for
+                // the device; its mapping is sparse and not used.
+                let size = u64::from(FAKE_NUM_REGIONS) * FAKE_REGION_STRIDE;
+                let mem = mdev::SharedMemory::new(
+                    &format!("fake-{address}"),
+                    usize::try_from(size).unwrap_or(usize::MAX),
+                )
+                .map_err(|e| HostError::io("memfd", e))?;
+                let file = mem.file().clone();
+                k.memory.insert(address, file.clone());
+                file
+            }
+        };
+        let file = Arc::new(
+            memory
+                .try_clone()
+                .map_err(|e| HostError::io("device fd", e))?,
+        );
+        k.files.insert(address, Arc::downgrade(&file));
+        *k.fd_opens.entry(address).or_default() += 1;
+        Ok(file)
     }
 
     fn record(&self, op: Op, call: Call) -> io::Result<()> {
@@ -226,11 +280,17 @@ impl FakeVfio {
     }
 }
 
-/// A fake device fd.
+/// A fake device and its fd while open.
 pub struct FakeDevice {
     spec: FakeSpec,
-    file: Arc<File>,
+    file: Option<Arc<File>>,
     kernel: FakeVfio,
+}
+
+impl FakeDevice {
+    fn open_file(&self) -> io::Result<&File> {
+        self.file.as_deref().ok_or_else(released)
+    }
 }
 
 impl FakeDevice {
@@ -289,13 +349,15 @@ impl HostDevice for FakeDevice {
     }
 
     fn read(&self, offset: u64, data: &mut [u8]) -> io::Result<()> {
+        let file = self.open_file()?;
         if let Some(errno) = self.kernel.lock().failures.get(&Op::Read) {
             return Err(io::Error::from_raw_os_error(*errno));
         }
-        self.file.read_exact_at(data, offset)
+        file.read_exact_at(data, offset)
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let file = self.open_file()?;
         self.kernel.record(
             Op::Write,
             Call::Write {
@@ -304,14 +366,15 @@ impl HostDevice for FakeDevice {
                 data: data.to_vec(),
             },
         )?;
-        self.file.write_all_at(data, offset)
+        file.write_all_at(data, offset)
     }
 
     fn irq_info(&self, index: u32) -> io::Result<IrqIndexInfo> {
+        // As vfio-pci: INTx, the MSI vectors, no MSI-X, no ERR (conventional PCI), one REQ.
         let count = match index {
-            0 => 1,
+            0 | 4 => 1,
             1 => self.spec.msi_vectors,
-            2..=4 => 0,
+            2 | 3 => 0,
             _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
         };
         let flags = match index {
@@ -322,11 +385,13 @@ impl HostDevice for FakeDevice {
     }
 
     fn set_irqs(&self, set: &HostIrqSet) -> io::Result<()> {
+        self.open_file()?;
         self.kernel
             .record(Op::SetIrqs, Call::SetIrqs(self.spec.address, set.clone()))
     }
 
     fn reset(&self) -> io::Result<()> {
+        self.open_file()?;
         if !self.spec.flr {
             return Err(io::Error::from_raw_os_error(libc::ENOTTY));
         }
@@ -335,14 +400,32 @@ impl HostDevice for FakeDevice {
     }
 
     fn hot_reset_info(&self) -> io::Result<Vec<AffectedDevice>> {
+        self.open_file()?;
         self.spec
             .affected
             .clone()
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))
     }
 
-    fn file(&self) -> Arc<File> {
+    fn file(&self) -> Option<Arc<File>> {
         self.file.clone()
+    }
+
+    fn acquire(&mut self) -> Result<(), HostError> {
+        if self.file.is_none() {
+            if let Some(errno) = self.kernel.lock().failures.get(&Op::Acquire) {
+                return Err(HostError::io(
+                    "get device fd",
+                    io::Error::from_raw_os_error(*errno),
+                ));
+            }
+            self.file = Some(self.kernel.open_fd(self.spec.address)?);
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        self.file = None;
     }
 }
 
@@ -359,24 +442,16 @@ impl HostVfio for FakeVfio {
                 address,
                 source: io::Error::from_raw_os_error(libc::ENOENT),
             })?;
-        // Shared memory as large as every region gives a (sealed) memfd standing for the
-        // device fd; its mapping is sparse and not used.
-        let size = u64::from(FAKE_NUM_REGIONS) * FAKE_REGION_STRIDE;
-        let mem = mdev::SharedMemory::new(
-            &format!("fake-{address}"),
-            usize::try_from(size).unwrap_or(usize::MAX),
-        )
-        .map_err(|e| HostError::io("memfd", e))?;
-        let file = mem.file().clone();
-        self.lock().files.insert(address, Arc::downgrade(&file));
+        let file = self.open_fd(address)?;
         Ok(FakeDevice {
             spec,
-            file,
+            file: Some(file),
             kernel: self.clone(),
         })
     }
 
     fn hot_reset(&self, device: &FakeDevice, groups: &[u32]) -> io::Result<()> {
+        // Through the device's fd, which must be open (hot_reset_info checks).
         let affected = device.hot_reset_info()?;
         if affected.iter().any(|a| !groups.contains(&a.group)) {
             // The kernel wants proof of ownership of every affected group.

@@ -102,7 +102,26 @@ impl HostError {
     }
 }
 
-/// One host VFIO device (a device fd).
+impl From<HostError> for mdev::DeviceError {
+    /// A host failure as a client sees it: the errno of the failed call (EIO when none).
+    fn from(e: HostError) -> Self {
+        let errno = match &e {
+            HostError::Io { source, .. } | HostError::NoGroup { source, .. } => {
+                source.raw_os_error().unwrap_or(libc::EIO)
+            }
+            HostError::GroupNotViable(_) => libc::EPERM,
+            HostError::Unsupported(_) => libc::ENOTSUP,
+        };
+        mdev::DeviceError::Io(io::Error::from_raw_os_error(errno))
+    }
+}
+
+/// One host VFIO device. Its device fd is open from [`HostVfio::open`] until
+/// [`HostDevice::release`], and again after [`HostDevice::acquire`]: vfio-pci enables the
+/// function on the fd's first open and disables it (and may runtime-suspend it) on its last
+/// close, so a device nobody uses is released. While released, its description
+/// ([`HostDevice::info`], the regions and interrupt layout read at open) stays known, and
+/// every operation on the fd fails with ENODEV.
 pub trait HostDevice: Send + 'static {
     /// The device's PCI address.
     fn address(&self) -> PciAddress;
@@ -122,10 +141,25 @@ pub trait HostDevice: Send + 'static {
     fn reset(&self) -> io::Result<()>;
     /// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO`: every device a hot reset would reset.
     fn hot_reset_info(&self) -> io::Result<Vec<AffectedDevice>>;
-    /// The device fd. It stays in this process unless the operator trusts clients with it
-    /// ([`crate::ClientTrust::TrustedClientMmap`]): then it is handed to them to mmap the
-    /// BARs the host allows to be mapped.
-    fn file(&self) -> Arc<File>;
+    /// The device fd, while it is open. It stays in this process unless the operator trusts
+    /// clients with it ([`crate::ClientTrust::TrustedClientMmap`]): then it is handed to
+    /// them to mmap the BARs the host allows to be mapped (and a client keeps its copy,
+    /// and with it the device open, after [`HostDevice::release`]).
+    fn file(&self) -> Option<Arc<File>>;
+    /// Opens the device fd again (no-op while open).
+    fn acquire(&mut self) -> Result<(), HostError>;
+    /// Closes this process's device fd (no-op while released). The group and the container
+    /// stay open.
+    fn release(&mut self);
+    /// Whether the device fd is open.
+    fn is_open(&self) -> bool {
+        self.file().is_some()
+    }
+}
+
+/// The error of an operation on a released device fd.
+pub fn released() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENODEV)
 }
 
 /// The host's VFIO container: devices, their groups and one IOMMU address space.

@@ -6,15 +6,15 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser, Subcommand};
 use log::{error, info, warn};
-use mdev::parent::cli::{block_shutdown_signals, wait_for_shutdown};
+use mdev::parent::cli::{block_shutdown_signals, parse_seconds, wait_for_shutdown};
 use mdev::parent::GenerateDocs;
 use mdev::pci::CommandRegister;
 use mdev::region::{RegionFlags, CONFIG_REGION_INDEX};
-use mdev::server::DeviceServer;
+use mdev::server::{ask_and_wait, DeviceServer};
 use mdev::DeviceSets;
 use pci_passthrough::host::{HostDevice, HostVfio};
 use pci_passthrough::vfio_access::VfioAccess;
@@ -45,6 +45,11 @@ enum Command {
         /// Directory of the sockets.
         #[arg(long)]
         dir: PathBuf,
+        /// How long clients get to let the functions go at SIGTERM once asked (the device
+        /// request interrupt: QEMU unplugs them from its guest) before they are closed; a
+        /// second SIGTERM closes them at once.
+        #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+        remove_timeout: Duration,
         /// Trust every client with the host VFIO device fd: the region info of each BAR the
         /// host lets be mapped carries it, for direct mmap. The fd gives the client every
         /// ioctl of the device (reset, interrupt routing, config and region access) and stays
@@ -130,7 +135,12 @@ fn log_client_trust<V: HostVfio>(device: &PassthroughDevice<V>) {
     }
 }
 
-fn serve(dir: &Path, addresses: &[PciAddress], trust: ClientTrust) -> Result<(), String> {
+fn serve(
+    dir: &Path,
+    addresses: &[PciAddress],
+    trust: ClientTrust,
+    remove_timeout: Duration,
+) -> Result<(), String> {
     block_shutdown_signals();
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     check_access(addresses)?;
@@ -154,10 +164,46 @@ fn serve(dir: &Path, addresses: &[PciAddress], trust: ClientTrust) -> Result<(),
         servers.push(server);
     }
     wait_for_shutdown();
+    stop_gracefully(servers, remove_timeout);
+    Ok(())
+}
+
+/// Every function refuses new clients and asks its clients to let go (REQ), all first; then
+/// the clients get `timeout` in all (a second SIGTERM ends the wait), what is left is
+/// closed, and the servers stop.
+fn stop_gracefully(servers: Vec<DeviceServer>, timeout: Duration) {
+    let closers: Vec<_> = servers.iter().map(DeviceServer::disconnector).collect();
+    let spawned = std::thread::Builder::new()
+        .name("force-stop".into())
+        .spawn(move || {
+            wait_for_shutdown();
+            info!("second signal: closing every client now");
+            for c in &closers {
+                c.disconnect_all();
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("a second signal will not force the stop: {e}");
+    }
+    let mut departures: Vec<_> = servers.iter().map(DeviceServer::depart).collect();
+    if !ask_and_wait(&mut departures, timeout) {
+        warn!(
+            "clients did not let go within {:.1} s",
+            timeout.as_secs_f64()
+        );
+    }
+    for d in departures {
+        if !d.disconnect() {
+            warn!(
+                "{}: still held after closing its clients",
+                d.handle().name()
+            );
+        }
+        d.complete();
+    }
     for s in servers {
         s.shutdown();
     }
-    Ok(())
 }
 
 fn per_read(start: Instant, iterations: u32) -> f64 {
@@ -175,20 +221,6 @@ struct ServedReads {
     trapped_ns: f64,
     /// A load from the client's own mapping of the fd, when it received one.
     mmapped_ns: Option<f64>,
-}
-
-/// Turns memory decoding and bus mastering on through the host device fd.
-fn enable_decoding<V: HostVfio>(device: &PassthroughDevice<V>) -> Result<(), String> {
-    let config = device
-        .region_offset(CONFIG_REGION_INDEX)
-        .ok_or("no config space")?;
-    device
-        .host_device()
-        .write(
-            config + PCI_COMMAND,
-            &PCI_COMMAND_MEMORY_MASTER.to_le_bytes(),
-        )
-        .map_err(|e| format!("enable memory decoding: {e}"))
 }
 
 /// Times `iterations` 4-byte loads from the client's mapping of a region at `offset`,
@@ -232,23 +264,31 @@ fn time_mmapped_reads(
     Ok(per)
 }
 
-/// Opens `address` with `trust`, times direct reads on the host fd, serves it and times a
-/// vfio-user client's reads (trapped, and mmap'd when the client got an fd), then stops.
+/// Times direct reads on a device fd of this process's own (memory decoding turned on),
+/// then closes it, then opens `address` with `trust`, serves it and times a vfio-user
+/// client's reads (trapped, and mmap'd when the client got an fd), then stops.
 fn bench_served(
-    passthrough: &Passthrough<VfioContainer>,
+    (host, passthrough): (&VfioContainer, &Passthrough<VfioContainer>),
     dir: &Path,
     address: PciAddress,
     trust: ClientTrust,
     (region, offset, iterations): (u32, u64, u32),
 ) -> Result<ServedReads, String> {
-    let (device, key) = passthrough
-        .open_with(address, trust)
-        .map_err(|e| e.to_string())?;
-    let base = device
-        .region_offset(region)
-        .ok_or_else(|| format!("{address} has no region {region}"))?;
-    enable_decoding(&device)?;
-    let file = device.host_device().file();
+    let enable = PCI_COMMAND_MEMORY_MASTER.to_le_bytes();
+    let direct = host.open(address).map_err(|e| e.to_string())?;
+    let offset_of = |index: u32| {
+        direct
+            .region_info(index)
+            .ok()
+            .filter(|r| r.size > 0)
+            .map(|r| r.offset)
+            .ok_or_else(|| format!("{address} has no region {index}"))
+    };
+    let base = offset_of(region)?;
+    direct
+        .write(offset_of(CONFIG_REGION_INDEX)? + PCI_COMMAND, &enable)
+        .map_err(|e| format!("enable memory decoding: {e}"))?;
+    let file = direct.file().ok_or("the device fd is closed")?;
     let mut word = [0u8; 4];
     let start = Instant::now();
     for _ in 0..iterations {
@@ -257,7 +297,11 @@ fn bench_served(
     }
     let direct_ns = per_read(start, iterations);
     drop(file);
+    drop(direct);
 
+    let (device, key) = passthrough
+        .open_with(address, trust)
+        .map_err(|e| e.to_string())?;
     let sets = DeviceSets::new();
     let handle = sets.register(&address.to_string(), Box::new(device), key);
     let tag = match trust {
@@ -267,6 +311,10 @@ fn bench_served(
     let path = dir.join(format!("bench-{tag}-{address}.sock"));
     let server = DeviceServer::bind(&path, handle).map_err(|e| e.to_string())?;
     let mut client = vfio_user::Client::new(&path).map_err(|e| e.to_string())?;
+    // The client's open reset the device: it turns decoding on again, as a driver would.
+    client
+        .region_write(CONFIG_REGION_INDEX, PCI_COMMAND, &enable)
+        .map_err(|e| format!("enable memory decoding over vfio-user: {e}"))?;
     let start = Instant::now();
     for _ in 0..iterations {
         client
@@ -308,13 +356,13 @@ fn bench(
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     check_access(&[address])?;
     let host = Arc::new(VfioContainer::new().map_err(|e| e.to_string())?);
-    let passthrough = Passthrough::new(host);
+    let passthrough = Passthrough::new(host.clone());
     // One mode after the other: the device is closed in between, as by a restarted server.
     let runs = [ClientTrust::ProtocolOnly, ClientTrust::TrustedClientMmap]
         .into_iter()
         .map(|trust| {
             bench_served(
-                &passthrough,
+                (&host, &passthrough),
                 dir,
                 address,
                 trust,
@@ -352,6 +400,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve {
             dir,
+            remove_timeout,
             trusted_client_mmap,
             addresses,
         } => {
@@ -360,7 +409,7 @@ fn main() -> ExitCode {
             } else {
                 ClientTrust::ProtocolOnly
             };
-            serve(&dir, &addresses, trust)
+            serve(&dir, &addresses, trust, remove_timeout)
         }
         Command::Bench {
             dir,

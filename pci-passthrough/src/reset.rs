@@ -7,6 +7,8 @@
 //! - A client's DEVICE_RESET uses the function-level reset when the device has one;
 //!   otherwise it is a hot reset of the whole scope, allowed only when every device of the
 //!   scope is served here (EPERM otherwise) and no other owner holds any of them open (EBUSY).
+//! - On a device's first open it is reset ([`open_reset`]): its function-level reset, or a
+//!   hot reset of the scope when the whole set is idle.
 //! - On a device's last close it needs a reset (its function-level reset, when it has one,
 //!   satisfies that at once); when the whole set is idle and a member still needs one, the
 //!   scope is hot reset — the kernel's "try bus reset" rule.
@@ -115,6 +117,18 @@ pub fn plan_device_reset(
         return Ok(ResetMethod::Function);
     }
     plan_hot_reset(scope, ctx, requester)
+}
+
+/// How a device is reset when its first client opens it (vfio-pci resets a function as it
+/// enables it): its function-level reset when it has one; otherwise, when this is the
+/// set's first open (nothing of it is in use), a hot reset of the scope under
+/// [`plan_hot_reset`]'s rules; else none (a hot reset would pull siblings from under their
+/// clients).
+pub fn open_reset(flr: bool, scope: &[AffectedDevice], ctx: &SetContext) -> Option<ResetMethod> {
+    if flr {
+        return Some(ResetMethod::Function);
+    }
+    plan_hot_reset(scope, ctx, None).ok()
 }
 
 /// Which devices of one reset scope need a reset, shared by the scope's devices. Only

@@ -30,7 +30,8 @@ use vfio_bindings::bindings::vfio as uapi;
 
 use crate::address::PciAddress;
 use crate::host::{
-    AffectedDevice, HostDevice, HostDeviceInfo, HostError, HostIrqSet, HostRegion, HostVfio,
+    released, AffectedDevice, HostDevice, HostDeviceInfo, HostError, HostIrqSet, HostRegion,
+    HostVfio,
 };
 
 /// The container device.
@@ -212,11 +213,23 @@ impl VfioContainer {
     }
 }
 
-/// A device fd.
+/// A device of a group attached to the container, and its device fd while it is open.
 pub struct VfioDevice {
     address: PciAddress,
-    file: Arc<File>,
+    /// The group, kept open for the device's life (the fd is asked for again through it).
+    group: Arc<File>,
+    name: CString,
+    file: Option<Arc<File>>,
     info: HostDeviceInfo,
+}
+
+/// `VFIO_GROUP_GET_DEVICE_FD` for `name`.
+fn device_fd(group: &File, name: &CString, address: PciAddress) -> Result<Arc<File>, HostError> {
+    // SAFETY: the kernel reads the NUL-terminated name, which outlives the call.
+    let fd = unsafe { libc::ioctl(group.as_raw_fd(), VFIO_GROUP_GET_DEVICE_FD, name.as_ptr()) };
+    check(fd).map_err(|e| HostError::io(format!("{address}: get device fd"), e))?;
+    // SAFETY: `fd` is a fresh device fd the kernel just returned; we own it.
+    Ok(Arc::new(unsafe { File::from_raw_fd(fd) }))
 }
 
 impl HostVfio for VfioContainer {
@@ -227,11 +240,7 @@ impl HostVfio for VfioContainer {
         let name = CString::new(address.to_string()).map_err(|_| {
             HostError::io("device name", io::Error::from_raw_os_error(libc::EINVAL))
         })?;
-        // SAFETY: the kernel reads the NUL-terminated name, which outlives the call.
-        let fd = unsafe { libc::ioctl(group.as_raw_fd(), VFIO_GROUP_GET_DEVICE_FD, name.as_ptr()) };
-        check(fd).map_err(|e| HostError::io(format!("{address}: get device fd"), e))?;
-        // SAFETY: `fd` is a fresh device fd the kernel just returned; we own it.
-        let file = Arc::new(unsafe { File::from_raw_fd(fd) });
+        let file = device_fd(&group, &name, address)?;
         let mut info = uapi::vfio_device_info {
             argsz: size_of::<uapi::vfio_device_info>() as u32,
             ..Default::default()
@@ -241,7 +250,9 @@ impl HostVfio for VfioContainer {
         check(r).map_err(|e| HostError::io(format!("{address}: device info"), e))?;
         Ok(VfioDevice {
             address,
-            file,
+            group,
+            name,
+            file: Some(file),
             info: HostDeviceInfo {
                 flr: info.flags & uapi::VFIO_DEVICE_FLAGS_RESET != 0,
                 num_regions: info.num_regions,
@@ -269,11 +280,12 @@ impl HostVfio for VfioContainer {
         for (slot, f) in buf[HOT_RESET_WORDS..].iter_mut().zip(&fds) {
             *slot = f.as_raw_fd() as u32;
         }
+        let file = device.file.as_ref().ok_or_else(released)?;
         // SAFETY: `buf` holds a vfio_pci_hot_reset with `count` group fds (argsz bytes);
         // the kernel only reads it. The group files stay open across the call.
         let r = unsafe {
             libc::ioctl(
-                device.file.as_raw_fd(),
+                file.as_raw_fd(),
                 VFIO_DEVICE_PCI_HOT_RESET,
                 buf.as_mut_ptr(),
             )
@@ -325,10 +337,23 @@ impl HostVfio for VfioContainer {
 }
 
 impl VfioDevice {
+    /// The device fd, or ENODEV while released.
+    fn fd(&self) -> io::Result<RawFd> {
+        self.file
+            .as_ref()
+            .map(|f| f.as_raw_fd())
+            .ok_or_else(released)
+    }
+
+    fn open_file(&self) -> io::Result<&File> {
+        self.file.as_deref().ok_or_else(released)
+    }
+
     fn ioctl_fixed<T>(&self, request: libc::c_ulong, arg: &mut T) -> io::Result<()> {
+        let fd = self.fd()?;
         // SAFETY: every caller passes the request's own argument struct (argsz set to its
         // size); the kernel reads and writes at most that many bytes of `arg`.
-        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), request, arg as *mut T) };
+        let r = unsafe { libc::ioctl(fd, request, arg as *mut T) };
         check(r)
     }
 
@@ -347,14 +372,9 @@ impl VfioDevice {
         // above), is u64-aligned (enough for the struct's u64 fields), and the struct is
         // plain integers, so writing it at the start stays inside the allocation.
         unsafe { std::ptr::write(buf.as_mut_ptr().cast(), header) };
+        let fd = self.fd()?;
         // SAFETY: the kernel writes at most argsz bytes into `buf`, which has that many.
-        let r = unsafe {
-            libc::ioctl(
-                self.file.as_raw_fd(),
-                VFIO_DEVICE_GET_REGION_INFO,
-                buf.as_mut_ptr(),
-            )
-        };
+        let r = unsafe { libc::ioctl(fd, VFIO_DEVICE_GET_REGION_INFO, buf.as_mut_ptr()) };
         check(r)?;
         let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let u32_at = |o: usize| -> Option<u32> {
@@ -430,11 +450,11 @@ impl HostDevice for VfioDevice {
     }
 
     fn read(&self, offset: u64, data: &mut [u8]) -> io::Result<()> {
-        self.file.read_exact_at(data, offset)
+        self.open_file()?.read_exact_at(data, offset)
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(data, offset)
+        self.open_file()?.write_all_at(data, offset)
     }
 
     fn irq_info(&self, index: u32) -> io::Result<IrqIndexInfo> {
@@ -469,21 +489,17 @@ impl HostDevice for VfioDevice {
         for (slot, fd) in buf[IRQ_SET_WORDS..].iter_mut().zip(fds) {
             *slot = *fd as u32;
         }
+        let fd = self.fd()?;
         // SAFETY: `buf` holds a vfio_irq_set followed by `count` eventfds (argsz bytes); the
         // kernel only reads it. The eventfds are kept open by `Interrupts` across the call.
-        let r = unsafe {
-            libc::ioctl(
-                self.file.as_raw_fd(),
-                VFIO_DEVICE_SET_IRQS,
-                buf.as_mut_ptr(),
-            )
-        };
+        let r = unsafe { libc::ioctl(fd, VFIO_DEVICE_SET_IRQS, buf.as_mut_ptr()) };
         check(r)
     }
 
     fn reset(&self) -> io::Result<()> {
+        let fd = self.fd()?;
         // SAFETY: VFIO_DEVICE_RESET takes no argument and touches no memory.
-        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), VFIO_DEVICE_RESET) };
+        let r = unsafe { libc::ioctl(fd, VFIO_DEVICE_RESET) };
         check(r)
     }
 
@@ -492,15 +508,11 @@ impl HostDevice for VfioDevice {
         loop {
             let mut buf = vec![0u32; HOT_RESET_WORDS + count * DEPENDENT_WORDS];
             buf[ARGSZ_WORD] = (buf.len() * size_of::<u32>()) as u32;
+            let fd = self.fd()?;
             // SAFETY: the kernel writes at most argsz bytes into `buf` (a header and `count`
             // dependent devices), which has exactly that many.
-            let r = unsafe {
-                libc::ioctl(
-                    self.file.as_raw_fd(),
-                    VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
-                    buf.as_mut_ptr(),
-                )
-            };
+            let r =
+                unsafe { libc::ioctl(fd, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, buf.as_mut_ptr()) };
             let reported = buf[HOT_RESET_COUNT_WORD] as usize;
             match check(r) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && reported > count => {
@@ -529,8 +541,22 @@ impl HostDevice for VfioDevice {
         }
     }
 
-    fn file(&self) -> Arc<File> {
+    fn file(&self) -> Option<Arc<File>> {
         self.file.clone()
+    }
+
+    fn acquire(&mut self) -> Result<(), HostError> {
+        if self.file.is_none() {
+            self.file = Some(device_fd(&self.group, &self.name, self.address)?);
+            debug!("{}: device fd open", self.address);
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        if self.file.take().is_some() {
+            debug!("{}: device fd closed", self.address);
+        }
     }
 }
 

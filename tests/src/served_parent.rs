@@ -94,6 +94,21 @@ impl ServedParent {
             .clone()
     }
 
+    /// Sends `sig` without waiting.
+    pub fn signal(&self, sig: Signal) {
+        self.process.signal(sig);
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.process.running()
+    }
+
+    /// Waits for the exit (bounded; panics past it).
+    pub fn exit_status(mut self) -> ExitStatus {
+        self.process.exit_status()
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(mut self) -> ExitStatus {
         self.process.signal(Signal::SIGTERM);

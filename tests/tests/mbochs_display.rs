@@ -466,3 +466,36 @@ fn hostile_region_accesses_over_the_wire_fail_cleanly() {
         Some(Mode::packed(PixelFormat::Xrgb8888, 800, 600))
     );
 }
+
+/// A periodic snapshot viewer routes the device request interrupt: removing the instance
+/// asks it to let go, it stops by itself, and the removal completes without force.
+#[test]
+fn a_periodic_viewer_asked_to_let_go_stops_and_the_removal_completes() {
+    use mdev_display::cli::{snapshot_every, Periodic};
+    let h = harness(64);
+    let info = h.create("small", &[]);
+    let out = mdev_tests::ScratchDir::new("viewer-req");
+    let mut viewer =
+        DisplayClient::connect(&info.socket, Box::new(DispiModeReader)).expect("viewer");
+    let dir = out.path().to_path_buf();
+    let uuid = info.uuid;
+    let viewing = std::thread::spawn(move || {
+        let every = Periodic {
+            period: std::time::Duration::from_millis(100),
+            count: None,
+            changes_only: false,
+        };
+        snapshot_every(&mut viewer, &every, &dir, uuid)
+    });
+    let handle = h.parent.handle(uuid).expect("instance");
+    wait_until("the viewer holds the instance", || handle.open_count() == 1);
+    drop(handle);
+    let t = std::time::Instant::now();
+    h.parent
+        .remove_within(uuid, false, std::time::Duration::from_secs(20))
+        .expect("removed once the viewer let go");
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+    viewing.join().unwrap().expect("the viewer ended cleanly");
+    assert!(h.parent.instances().is_empty());
+    assert_eq!(h.driver.pool().free(), 64);
+}

@@ -22,7 +22,7 @@ use mdev::wire::{
 use mdev::{DeviceSets, SharedMemory};
 use mdev_tests::{init_logging, wait_until, RawClient, ScratchDir};
 use pci_passthrough::fake::{
-    host_writes, hot_resets, Call, FakeSpec, FakeVfio, FAKE_BAR0_SIZE, FAKE_ROM_SIZE,
+    host_writes, hot_resets, Call, FakeSpec, FakeVfio, Op, FAKE_BAR0_SIZE, FAKE_ROM_SIZE,
 };
 use pci_passthrough::host::HostIrqSet;
 use pci_passthrough::{ClientTrust, Passthrough, PciAddress};
@@ -207,6 +207,7 @@ fn two_connections_share_one_device_and_the_set_resets_after_the_last() {
     let mut c1 = RawClient::open(&edus.paths[0]);
     let mut c2 = RawClient::open(&edus.paths[0]);
     assert_eq!(edus.open_count(0), 2);
+    assert_eq!(edus.hot_resets(), 1, "the set's first open reset it");
     c1.write32(BAR0, 0x10, 0x1234_5678).unwrap();
     assert_eq!(
         c2.read32(BAR0, 0x10),
@@ -215,11 +216,11 @@ fn two_connections_share_one_device_and_the_set_resets_after_the_last() {
     );
     drop(c1);
     wait_until("first connection closed", || edus.open_count(0) == 1);
-    assert_eq!(edus.hot_resets(), 0, "still open by the second connection");
+    assert_eq!(edus.hot_resets(), 1, "still open by the second connection");
     assert_eq!(c2.read32(BAR0, 0x10), Ok(0x1234_5678));
     drop(c2);
     wait_until("last connection closed", || edus.open_count(0) == 0);
-    assert_eq!(edus.hot_resets(), 1, "the idle set is reset once");
+    assert_eq!(edus.hot_resets(), 2, "the idle set is reset once");
 }
 
 #[test]
@@ -227,14 +228,19 @@ fn a_reset_is_refused_while_the_sibling_is_open_in_another_process() {
     let edus = Edus::serve("pt-reset");
     let foreign = ForeignClient::open(&edus.paths[1]);
     assert_eq!(edus.open_count(1), 1);
+    assert_eq!(edus.hot_resets(), 1, "the set's first open reset it");
     let mut c = RawClient::open(&edus.paths[0]);
     assert_eq!(reset(&mut c), Some(libc::EBUSY as u32));
-    assert_eq!(edus.hot_resets(), 0);
+    assert_eq!(
+        edus.hot_resets(),
+        1,
+        "nor did the sibling's open, nor the refusal"
+    );
     drop(foreign);
     wait_until("foreign client gone", || edus.open_count(1) == 0);
     assert_eq!(
         edus.hot_resets(),
-        0,
+        1,
         "the set is not idle: no reset on that close"
     );
     assert_eq!(reset(&mut c), None);
@@ -244,7 +250,11 @@ fn a_reset_is_refused_while_the_sibling_is_open_in_another_process() {
     let calls = edus.fake.calls();
     assert_eq!(
         hot_resets(&calls),
-        [&Call::HotReset(addr(1), vec![GROUP]); 2]
+        [
+            &Call::HotReset(addr(2), vec![GROUP]),
+            &Call::HotReset(addr(1), vec![GROUP]),
+            &Call::HotReset(addr(1), vec![GROUP])
+        ]
     );
 }
 
@@ -512,9 +522,12 @@ fn a_default_client_receives_no_fd_with_any_region_info_and_still_reads_and_writ
 #[test]
 fn a_default_client_holds_no_handle_on_the_device_after_it_disconnects() {
     let edus = Edus::serve("pt-no-handle");
-    let device = identity(&edus.fake.device_file(addr(1)).expect("device open"));
+    let device = identity(&edus.fake.device_memory(addr(1)).expect("device memory"));
     let servers_own = fds_on(device);
-    assert_eq!(servers_own, 1, "the server holds the device fd once");
+    assert_eq!(
+        servers_own, 1,
+        "only the fake kernel's memory: the idle server holds no device fd"
+    );
     let mut c = RawClient::open(&edus.paths[0]);
     // Everything the client was ever handed, kept past its connection.
     let handed: Vec<File> = (0..PCI_NUM_REGIONS)
@@ -541,7 +554,9 @@ fn a_default_client_holds_no_handle_on_the_device_after_it_disconnects() {
 #[test]
 fn a_trusted_client_mmap_client_is_handed_the_host_device_fd_and_keeps_it_after_disconnecting() {
     let edus = Edus::serve_with("pt-trusted", ClientTrust::TrustedClientMmap);
-    let device = identity(&edus.fake.device_file(addr(1)).expect("device open"));
+    let device = identity(&edus.fake.device_memory(addr(1)).expect("device memory"));
+    // The device is idle: the server holds no device fd of it.
+    assert!(!edus.fake.device_open(addr(1)));
     let servers_own = fds_on(device);
     let mut c = RawClient::open(&edus.paths[0]);
     let mut granted = Vec::new();
@@ -566,10 +581,14 @@ fn a_trusted_client_mmap_client_is_handed_the_host_device_fd_and_keeps_it_after_
     assert_eq!(identity(&fd), device, "it is the host VFIO device fd");
     drop(c);
     wait_until("the client's connection closed", || edus.open_count(0) == 0);
+    assert!(
+        !edus.fake.device_open(addr(1)),
+        "the server released its device fd"
+    );
     assert_eq!(
         fds_on(device),
         servers_own + 1,
-        "the client keeps its handle on the device"
+        "the client keeps its handle on the device, valid, not dangling"
     );
     // The departed client still drives the device, unseen by the server.
     let writes_seen = host_writes(&edus.fake.calls());
@@ -578,4 +597,73 @@ fn a_trusted_client_mmap_client_is_handed_the_host_device_fd_and_keeps_it_after_
     assert_eq!(host_writes(&edus.fake.calls()), writes_seen);
     let mut next = RawClient::open(&edus.paths[0]);
     assert_eq!(next.read32(BAR0, 0x20), Ok(0x0bad_cafe));
+}
+
+/// vfio-pci's open/close: the host device fd is opened (and the function reset) when a
+/// client first opens the function, and released when its last client closes, so an idle
+/// function is not held (the kernel may runtime-suspend it). The set's first open hot resets
+/// the scope; a sibling's open while the set is in use does not.
+#[test]
+fn the_host_device_fd_is_open_only_while_a_client_holds_the_function() {
+    let edus = Edus::serve("pt-host-fd");
+    let (a, b) = (addr(1), addr(2));
+    assert!(
+        !edus.fake.device_open(a) && !edus.fake.device_open(b),
+        "idle: released"
+    );
+    let opens_at_start = (edus.fake.device_fd_opens(a), edus.fake.device_fd_opens(b));
+
+    let mut first = RawClient::open(&edus.paths[0]);
+    assert!(edus.fake.device_open(a) && !edus.fake.device_open(b));
+    assert_eq!(
+        hot_resets(&edus.fake.calls()),
+        [&Call::HotReset(a, vec![GROUP])],
+        "the set's first open resets it"
+    );
+    let mut second = RawClient::open(&edus.paths[1]);
+    let again = RawClient::open(&edus.paths[0]);
+    assert!(edus.fake.device_open(b));
+    assert_eq!(edus.hot_resets(), 1, "no reset under a client of the set");
+    assert_eq!(
+        (edus.fake.device_fd_opens(a), edus.fake.device_fd_opens(b)),
+        (opens_at_start.0 + 1, opens_at_start.1 + 1),
+        "one device fd open per first open"
+    );
+    assert!(first.read32(BAR0, 0).is_ok() && second.read32(BAR0, 0).is_ok());
+
+    drop(first);
+    wait_until("one of two clients of a closed", || edus.open_count(0) == 1);
+    assert!(edus.fake.device_open(a), "still held by its other client");
+    drop(again);
+    wait_until("a closed", || edus.open_count(0) == 0);
+    assert!(!edus.fake.device_open(a) && edus.fake.device_open(b));
+    drop(second);
+    wait_until("b closed", || edus.open_count(1) == 0);
+    assert!(!edus.fake.device_open(b), "the last close releases the fd");
+    assert_eq!(
+        edus.hot_resets(),
+        2,
+        "the idle set was reset on its last close"
+    );
+
+    // A fresh client finds the device served as before (the fd is opened again).
+    let mut later = RawClient::open(&edus.paths[1]);
+    assert!(later.read32(BAR0, 0).is_ok());
+    assert!(edus.fake.device_open(b));
+}
+
+/// A host device that cannot be opened again fails the client's open (its VERSION gets the
+/// errno) and leaves nothing open; the next open, once the host allows it, works.
+#[test]
+fn a_host_device_that_cannot_be_opened_fails_the_open_and_leaves_it_closed() {
+    let edus = Edus::serve("pt-open-fails");
+    edus.fake.fail(Op::Acquire, libc::EBUSY);
+    let mut c = RawClient::connect(&edus.paths[0]);
+    let r = c.version(b"{}\0");
+    assert_eq!(r.errno(), Some(libc::EBUSY as u32));
+    assert_eq!(edus.open_count(0), 0);
+    assert!(!edus.fake.device_open(addr(1)));
+    edus.fake.succeed(Op::Acquire);
+    let mut c = RawClient::open(&edus.paths[0]);
+    assert!(c.read32(BAR0, 0).is_ok());
 }

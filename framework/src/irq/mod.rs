@@ -7,6 +7,12 @@
 //! so a second client can never take a first one's interrupts away. An interrupt nobody
 //! routed is dropped.
 //!
+//! Besides the device's own interrupts (INTx, MSI, MSI-X: one of them at a time per
+//! connection), every device offers the device request interrupt (REQ, one vector): the
+//! framework signals it to ask each client that routed it to let the device go, as the
+//! kernel's `vfio_device_unregister` does through the driver's `request` op
+//! ([`Interrupts::signal_request`]).
+//!
 //! Only eventfds are accepted, and the thread raising an interrupt never writes one: each
 //! connection's eventfds are written by a delivery thread of its own ([`signaller`]), so a
 //! client that makes its eventfd block stalls nobody but itself.
@@ -39,7 +45,8 @@ pub enum IrqIndex {
     Msix = 2,
     /// Error reporting (not offered by the sample devices).
     Err = 3,
-    /// Device request (not offered by the sample devices).
+    /// Device request: the server asks the client to release the device (QEMU then
+    /// hot-unplugs it from its guest). Offered by every device [`Interrupts::new`] builds.
     Req = 4,
 }
 
@@ -47,6 +54,12 @@ pub enum IrqIndex {
 pub const PCI_NUM_IRQS: u32 = 5;
 
 impl IrqIndex {
+    /// Whether this index carries the device's own interrupts (INTx, MSI, MSI-X), of which a
+    /// connection routes one at a time; ERR and REQ are routed alongside.
+    pub fn is_device_interrupt(self) -> bool {
+        matches!(self, IrqIndex::Intx | IrqIndex::Msi | IrqIndex::Msix)
+    }
+
     /// The index for a wire value.
     pub fn from_u32(v: u32) -> Option<Self> {
         Some(match v {
@@ -288,12 +301,25 @@ impl IrqState {
         }
     }
 
-    /// The index connection `owner` has routed, if any (VFIO allows one at a time).
+    /// The device interrupt index (INTx, MSI, MSI-X) connection `owner` has routed, if any
+    /// (VFIO allows one at a time).
     fn active_for(&self, owner: ConnectionId) -> Option<IrqIndex> {
         self.indexes
             .iter()
-            .position(|i| i.routed_by(owner))
-            .and_then(|p| u32::try_from(p).ok().and_then(IrqIndex::from_u32))
+            .enumerate()
+            .filter(|(p, _)| {
+                u32::try_from(*p)
+                    .ok()
+                    .and_then(IrqIndex::from_u32)
+                    .is_some_and(IrqIndex::is_device_interrupt)
+            })
+            .find(|(_, i)| i.routed_by(owner))
+            .and_then(|(p, _)| u32::try_from(p).ok().and_then(IrqIndex::from_u32))
+    }
+
+    /// Whether connection `owner` routed a vector of any index (REQ and ERR included).
+    fn routes_any(&self, owner: ConnectionId) -> bool {
+        self.indexes.iter().any(|i| i.routed_by(owner))
     }
 
     /// Removes every route of `owner` on the indexes `which` selects; returns its delivery
@@ -307,10 +333,10 @@ impl IrqState {
                 v.routes.retain(|r| r.owner != owner);
             }
         }
-        if self.active_for(owner).is_none() {
-            self.signallers.remove(&owner)
-        } else {
+        if self.routes_any(owner) {
             None
+        } else {
+            self.signallers.remove(&owner)
         }
     }
 }
@@ -327,7 +353,9 @@ pub struct Interrupts {
 
 impl Interrupts {
     /// A device with INTx (when `intx`), `msi_vectors` MSI vectors and `msix_vectors` MSI-X
-    /// vectors (0 for none).
+    /// vectors (0 for none), and the device request interrupt (REQ, one vector), through
+    /// which the framework asks clients to let the device go when it is removed. No error
+    /// reporting (ERR) vector.
     pub fn new(intx: bool, msi_vectors: u32, msix_vectors: u32) -> Self {
         let intx_info = IrqIndexInfo {
             count: u32::from(intx),
@@ -345,7 +373,11 @@ impl Interrupts {
             count: 0,
             flags: IrqInfoFlags::EVENTFD,
         };
-        Self::with_layout(&[intx_info, msi_info, msix_info, none, none])
+        let req_info = IrqIndexInfo {
+            count: 1,
+            flags: IrqInfoFlags::EVENTFD,
+        };
+        Self::with_layout(&[intx_info, msi_info, msix_info, none, req_info])
     }
 
     /// A device with an explicit layout, one entry per index (a passthrough device copies
@@ -385,16 +417,23 @@ impl Interrupts {
         self.lock().indexes.get(index as usize).map(|i| i.info)
     }
 
-    /// The first index any connection has routed.
+    /// The first device interrupt index (INTx, MSI, MSI-X) any connection has routed.
     pub fn active(&self) -> Option<IrqIndex> {
         let st = self.lock();
         st.indexes
             .iter()
-            .position(|i| i.vectors.iter().any(|v| !v.routes.is_empty()))
-            .and_then(|p| u32::try_from(p).ok().and_then(IrqIndex::from_u32))
+            .enumerate()
+            .filter(|(p, _)| {
+                u32::try_from(*p)
+                    .ok()
+                    .and_then(IrqIndex::from_u32)
+                    .is_some_and(IrqIndex::is_device_interrupt)
+            })
+            .find(|(_, i)| i.vectors.iter().any(|v| !v.routes.is_empty()))
+            .and_then(|(p, _)| u32::try_from(p).ok().and_then(IrqIndex::from_u32))
     }
 
-    /// The index connection `owner` has routed, if any.
+    /// The device interrupt index (INTx, MSI, MSI-X) connection `owner` has routed, if any.
     pub fn active_for(&self, owner: ConnectionId) -> Option<IrqIndex> {
         self.lock().active_for(owner)
     }
@@ -455,6 +494,32 @@ impl Interrupts {
     /// routed it. Dropped when none did.
     pub fn signal(&self, index: IrqIndex, vector: u32) {
         self.lock().fire(index, vector, Whom::Everyone);
+    }
+
+    /// The connections that routed the device request interrupt (REQ): those that can be
+    /// asked to let the device go.
+    pub fn request_routes(&self) -> Vec<ConnectionId> {
+        let st = self.lock();
+        st.indexes
+            .get(IrqIndex::Req as usize)
+            .and_then(|i| i.vectors.first())
+            .map(|v| v.routes.iter().map(|r| r.owner).collect())
+            .unwrap_or_default()
+    }
+
+    /// Signals the device request interrupt (REQ) once to every connection that routed it,
+    /// asking each client to release the device; returns those connections. A VMM answers
+    /// by unplugging the device from its guest and closing its connection.
+    pub fn signal_request(&self) -> Vec<ConnectionId> {
+        let mut st = self.lock();
+        let asked = st
+            .indexes
+            .get(IrqIndex::Req as usize)
+            .and_then(|i| i.vectors.first())
+            .map(|v| v.routes.iter().map(|r| r.owner).collect())
+            .unwrap_or_default();
+        st.fire(IrqIndex::Req, 0, Whom::Everyone);
+        asked
     }
 
     /// The usual way a single-vector device reports its interrupt condition: the INTx line
@@ -528,7 +593,7 @@ impl Interrupts {
             }
             (IrqAction::Trigger, IrqData::Eventfds(files)) => {
                 if let Some(active) = st.active_for(owner) {
-                    if active != req.index {
+                    if req.index.is_device_interrupt() && active != req.index {
                         return Err(DeviceError::InvalidArgument(
                             "another interrupt index is enabled",
                         ));
@@ -622,7 +687,8 @@ impl Interrupts {
         st.signallers.values().all(|s| s.wait_idle(limit))
     }
 
-    /// Whether connection `owner` has routed any vector.
+    /// Whether connection `owner` has routed a device interrupt (INTx, MSI, MSI-X): it
+    /// drives the device. Routing only REQ or ERR does not count.
     pub fn routed_by(&self, owner: ConnectionId) -> bool {
         self.lock().active_for(owner).is_some()
     }
@@ -932,5 +998,70 @@ mod tests {
         irqs.release(ConnectionId(1));
         assert!(t.elapsed() < Duration::from_secs(5));
         assert_eq!(irqs.active_for(ConnectionId(1)), None);
+    }
+
+    #[test]
+    fn every_device_offers_one_request_vector_routed_alongside_its_interrupts() {
+        let irqs = Interrupts::new(true, 1, 0);
+        let req = irqs.info(IrqIndex::Req as u32).unwrap();
+        assert_eq!(req.count, 1);
+        assert!(req.flags.contains(IrqInfoFlags::EVENTFD));
+        assert_eq!(irqs.info(IrqIndex::Err as u32).unwrap().count, 0);
+        let c = ConnectionId(1);
+        let _intx = route(&irqs, c, IrqIndex::Intx);
+        let _req = route(&irqs, c, IrqIndex::Req);
+        assert_eq!(
+            irqs.active_for(c),
+            Some(IrqIndex::Intx),
+            "REQ is no device interrupt"
+        );
+        // MSI instead of INTx is still refused while INTx is routed; REQ does not count.
+        let (f, _e) = eventfd();
+        let r = irqs.apply(
+            c,
+            request(
+                IrqIndex::Msi,
+                IrqAction::Trigger,
+                1,
+                IrqData::Eventfds(vec![f]),
+            ),
+        );
+        assert_eq!(r.unwrap_err().errno(), libc::EINVAL);
+        // A connection routing only REQ does not drive the device.
+        let viewer = ConnectionId(2);
+        let _vreq = route(&irqs, viewer, IrqIndex::Req);
+        assert!(!irqs.routed_by(viewer));
+        assert!(irqs.routed_by(c));
+    }
+
+    #[test]
+    fn a_request_reaches_each_connection_that_routed_it_once_and_no_other() {
+        let irqs = Interrupts::new(false, 1, 0);
+        let (a, b, c) = (ConnectionId(1), ConnectionId(2), ConnectionId(3));
+        let ea = route(&irqs, a, IrqIndex::Req);
+        let eb = route(&irqs, b, IrqIndex::Req);
+        let ec = route(&irqs, c, IrqIndex::Msi);
+        let mut routes = irqs.request_routes();
+        routes.sort();
+        assert_eq!(routes, [a, b]);
+        let mut asked = irqs.signal_request();
+        asked.sort();
+        assert_eq!(asked, [a, b]);
+        assert_eq!(
+            (count(&irqs, &ea), count(&irqs, &eb), count(&irqs, &ec)),
+            (1, 1, 0)
+        );
+        // Disabling REQ (count 0) withdraws the route; the MSI route stays.
+        irqs.apply(
+            a,
+            request(IrqIndex::Req, IrqAction::Trigger, 0, IrqData::None),
+        )
+        .unwrap();
+        assert_eq!(irqs.signal_request(), [b]);
+        assert_eq!((count(&irqs, &ea), count(&irqs, &eb)), (0, 1));
+        // Releasing a connection that routed REQ only stops its delivery thread too.
+        irqs.release(b);
+        assert!(irqs.signal_request().is_empty());
+        assert_eq!(irqs.active_for(c), Some(IrqIndex::Msi));
     }
 }

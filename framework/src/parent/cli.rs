@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -49,6 +50,21 @@ pub fn default_defs_dir(driver: &str) -> PathBuf {
     nonempty("XDG_CONFIG_HOME")
         .or_else(|| nonempty("HOME").map(|h| h.join(".config")))
         .map_or(system, |c| c.join("mdev").join(driver))
+}
+
+/// Longest wait a removal accepts (`--wait`, `--remove-timeout`): a day.
+const MAX_WAIT_SECS: f64 = 24.0 * 3600.0;
+
+/// Parses a number of seconds (`2`, `0.5`), 0 to a day.
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !(0.0..=MAX_WAIT_SECS).contains(&secs) {
+        return Err(format!("{text} s is not between 0 and {MAX_WAIT_SECS} s"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{text}: {e}"))
 }
 
 /// Where the parent's sockets live.
@@ -99,6 +115,12 @@ pub enum ParentCommand {
         /// Create an instance at start: TYPE[,uuid=UUID][,KEY=VALUE…] (repeatable).
         #[arg(long = "create", value_name = "SPEC")]
         create: Vec<String>,
+        /// How long clients get to let an instance go once asked (the device request
+        /// interrupt: QEMU unplugs the device from its guest): the default for remove and
+        /// stop, and the wait at SIGTERM before the remaining clients are closed (a second
+        /// SIGTERM closes them at once).
+        #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+        remove_timeout: Duration,
     },
     /// List the types and how many instances each can still have.
     Types {
@@ -143,16 +165,23 @@ pub enum ParentCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove an instance from a running parent.
+    /// Remove an instance from a running parent. New clients are refused at once; every
+    /// client that registered the device request interrupt is asked to let go (QEMU unplugs
+    /// the device from its guest) and the removal waits for them. A holder that cannot be
+    /// asked, or does not let go in time, makes it fail with EBUSY naming it (pid, uid),
+    /// unless --force.
     Remove {
         /// Where the parent's sockets are.
         #[command(flatten)]
         dir: DirArg,
         /// Instance UUID.
         uuid: Uuid,
-        /// Remove even if clients are connected (they are disconnected).
+        /// Close the clients that still hold it at the end instead of failing.
         #[arg(long)]
         force: bool,
+        /// How long asked clients get to let go [default: the parent's --remove-timeout].
+        #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+        wait: Option<Duration>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -201,16 +230,20 @@ pub enum ParentCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Stop a running instance; its definition stays.
+    /// Stop a running instance; its definition stays. Clients are asked to let go first,
+    /// as with remove.
     Stop {
         /// Where the parent's sockets are.
         #[command(flatten)]
         dir: DirArg,
         /// Instance UUID.
         uuid: Uuid,
-        /// Stop even if clients are connected (they are disconnected).
+        /// Close the clients that still hold it at the end instead of failing.
         #[arg(long)]
         force: bool,
+        /// How long asked clients get to let go [default: the parent's --remove-timeout].
+        #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+        wait: Option<Duration>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -450,12 +483,19 @@ pub fn run(
     cmd: ParentCommand,
     make_driver: impl FnOnce() -> Arc<dyn MdevDriver>,
 ) -> i32 {
-    if let ParentCommand::Serve { dir, defs, create } = &cmd {
+    if let ParentCommand::Serve {
+        dir,
+        defs,
+        create,
+        remove_timeout,
+    } = &cmd
+    {
         return super::serve::serve(
             driver_name,
             &dir.resolve(driver_name),
             &defs.resolve(driver_name),
             create,
+            *remove_timeout,
             make_driver,
         );
     }
@@ -538,12 +578,20 @@ fn run_client(
             Outcome::new(&info, format!("{}\n", info.socket.display()))
         }
         ParentCommand::Remove {
-            dir, uuid, force, ..
+            dir,
+            uuid,
+            force,
+            wait,
+            ..
         }
         | ParentCommand::Stop {
-            dir, uuid, force, ..
+            dir,
+            uuid,
+            force,
+            wait,
+            ..
         } => {
-            connect(&dir)?.remove(uuid, force)?;
+            connect(&dir)?.remove_within(uuid, force, wait)?;
             Outcome::new(&Removed { uuid }, String::new())
         }
         ParentCommand::Define {
@@ -594,6 +642,16 @@ mod tests {
         assert!(parse_create_spec("").is_err());
         assert!(parse_create_spec("vga,novalue").is_err());
         assert!(parse_create_spec("vga,uuid=nope").is_err());
+    }
+
+    #[test]
+    fn waits_are_seconds_from_zero_to_a_day() {
+        assert_eq!(parse_seconds("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_seconds("0"), Ok(Duration::ZERO));
+        for bad in ["-1", "nan", "inf", "100000", "soon", ""] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -51,8 +51,14 @@ impl Service {
                 info!("started defined instance {uuid} ({})", def.type_name);
                 Reply::Instance(info)
             }
-            Request::Remove { uuid, force } => {
-                parent.remove(uuid, force)?;
+            Request::Remove {
+                uuid,
+                force,
+                timeout_ms,
+            } => {
+                let timeout =
+                    timeout_ms.map_or_else(|| parent.remove_timeout(), Duration::from_millis);
+                parent.remove_within(uuid, force, timeout)?;
                 Reply::Removed(uuid)
             }
         })
@@ -339,9 +345,28 @@ impl ControlClient {
         }
     }
 
-    /// Removes (stops) an instance.
+    /// Removes (stops) an instance, its clients getting the parent's default time to let
+    /// go once asked.
     pub fn remove(&mut self, uuid: Uuid, force: bool) -> Result<(), ControlError> {
-        match self.call(&Request::Remove { uuid, force })? {
+        self.remove_within(uuid, force, None)
+    }
+
+    /// Removes (stops) an instance, its clients getting `timeout` (the parent's default when
+    /// `None`) to let go once asked (REQ). The call returns when the instance is gone or the
+    /// removal was refused.
+    pub fn remove_within(
+        &mut self,
+        uuid: Uuid,
+        force: bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), ControlError> {
+        let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        let req = Request::Remove {
+            uuid,
+            force,
+            timeout_ms,
+        };
+        match self.call(&req)? {
             Reply::Removed(_) => Ok(()),
             other => Err(unexpected(&other)),
         }

@@ -7,15 +7,43 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use log::info;
+use log::{info, warn};
 use uuid::Uuid;
 
 use super::driver::{CreateParams, MdevDriver, MdevType};
 use crate::device_set::{DeviceHandle, DeviceSets, Open};
 use crate::error::DeviceError;
-use crate::server::{DeviceServer, ServerError};
+use crate::server::{deadline_after, Departure, DeviceServer, ServerError, DEFAULT_REMOVE_TIMEOUT};
+
+/// Why a removal found the instance still held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusyReason {
+    /// These holders routed no device request interrupt (REQ): they cannot be asked to let
+    /// go, so nobody was asked and nothing was disturbed.
+    CannotBeAsked,
+    /// They were asked (REQ) and had not let go when the wait ended.
+    DidNotRelease(Duration),
+}
+
+impl std::fmt::Display for BusyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BusyReason::CannotBeAsked => write!(
+                f,
+                "which registered no request interrupt and cannot be asked to let go"
+            ),
+            BusyReason::DidNotRelease(waited) => write!(
+                f,
+                "which did not let go within {:.1} s of being asked (REQ)",
+                waited.as_secs_f64()
+            ),
+        }
+    }
+}
 
 /// Why a parent operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -35,14 +63,19 @@ pub enum ParentError {
     /// No such instance.
     #[error("no instance {0}")]
     NotFound(Uuid),
-    /// The instance is open and removal was not forced.
-    #[error("instance {uuid} is held by {}; use force to remove it anyway", holders_text(.holders))]
+    /// The instance is held open and removal was not forced.
+    #[error("instance {uuid} is held by {}, {why}; use force to close it", holders_text(.holders))]
     Busy {
         /// The instance.
         uuid: Uuid,
         /// Who holds it.
         holders: Vec<Open>,
+        /// Whether they were asked.
+        why: BusyReason,
     },
+    /// Another removal of the instance is under way.
+    #[error("instance {0} is already being removed")]
+    Leaving(Uuid),
     /// Serving the instance failed.
     #[error(transparent)]
     Serve(#[from] ServerError),
@@ -59,6 +92,7 @@ impl ParentError {
             ParentError::Exists(_) => libc::EEXIST,
             ParentError::NotFound(_) => libc::ENOENT,
             ParentError::Busy { .. } => libc::EBUSY,
+            ParentError::Leaving(_) => libc::EALREADY,
             ParentError::Serve(e) => e.errno(),
             ParentError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
@@ -96,6 +130,9 @@ pub struct InstanceInfo {
     pub holders: Vec<Holder>,
     /// Its device set.
     pub device_set: String,
+    /// It is being removed: its clients were asked to let go, new ones are refused.
+    #[serde(default)]
+    pub leaving: bool,
     /// Its create-time parameters.
     pub params: CreateParams,
     /// What the device says of itself (`Device::describe`), e.g. where its consoles are.
@@ -107,6 +144,8 @@ struct Instance {
     type_name: String,
     params: CreateParams,
     server: DeviceServer,
+    /// A removal (or the parent's shutdown) is under way.
+    leaving: bool,
 }
 
 /// One client holding an instance open, as a listing shows it.
@@ -148,6 +187,7 @@ impl Instance {
             open_connections: opens.len(),
             holders: opens.iter().map(Holder::from).collect(),
             device_set: self.server.handle().set().name(),
+            leaving: self.leaving,
             params: self.params.clone(),
             description: self.server.handle().lock().describe(),
         }
@@ -160,6 +200,10 @@ pub struct Parent {
     sets: DeviceSets,
     dir: PathBuf,
     instances: Mutex<BTreeMap<Uuid, Instance>>,
+    /// Milliseconds clients get to let an instance go once asked (remove, stop, shutdown).
+    remove_timeout_ms: AtomicU64,
+    /// A forced shutdown was asked for (a second SIGTERM): waits end at once.
+    forcing: AtomicBool,
 }
 
 impl Parent {
@@ -172,7 +216,21 @@ impl Parent {
             sets: DeviceSets::new(),
             dir: dir.to_path_buf(),
             instances: Mutex::new(BTreeMap::new()),
+            remove_timeout_ms: AtomicU64::new(millis(DEFAULT_REMOVE_TIMEOUT)),
+            forcing: AtomicBool::new(false),
         }))
+    }
+
+    /// How long clients get to let an instance go once asked, when a removal does not say
+    /// (default [`DEFAULT_REMOVE_TIMEOUT`]; `serve --remove-timeout`).
+    pub fn remove_timeout(&self) -> Duration {
+        Duration::from_millis(self.remove_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sets [`Parent::remove_timeout`].
+    pub fn set_remove_timeout(&self, timeout: Duration) {
+        self.remove_timeout_ms
+            .store(millis(timeout), Ordering::Relaxed);
     }
 
     /// The socket directory.
@@ -245,6 +303,7 @@ impl Parent {
             type_name: type_name.to_string(),
             params: params.clone(),
             server,
+            leaving: false,
         };
         let info = inst.info(uuid);
         instances.insert(uuid, inst);
@@ -252,25 +311,97 @@ impl Parent {
         Ok(info)
     }
 
-    /// Removes an instance: stops serving (closing its connections when `force`), unregisters
-    /// it and drops the device. Refused with EBUSY, naming who holds it, when it is open and
-    /// not forced. The check and the refusal of new opens are one step under the device
-    /// set's lock: a client connecting during a remove is refused, never accepted and then
-    /// closed.
+    /// Removes an instance gracefully, clients getting the parent's
+    /// [`Parent::remove_timeout`] to let go; see [`Parent::remove_within`].
     pub fn remove(&self, uuid: Uuid, force: bool) -> Result<(), ParentError> {
-        let inst = {
+        self.remove_within(uuid, force, self.remove_timeout())
+    }
+
+    /// Removes an instance the way the kernel unregisters a device in use: new opens are
+    /// refused at once; every client whose connection routed the device request interrupt
+    /// (REQ) is asked, once, to let the device go (QEMU unplugs it from its guest and
+    /// closes its connection); the removal waits for them, at most `timeout`. Then, once
+    /// nothing holds the instance, it stops serving, unregisters and drops the device (its
+    /// budget returns).
+    ///
+    /// Without `force` it is refused with EBUSY, naming who holds the instance (pid and uid
+    /// from the peer credentials), when a holder cannot be asked (it routed no REQ; nobody
+    /// is asked then) or has not let go in time; the instance then serves on as before. With
+    /// `force` whatever still holds it at the end is closed.
+    pub fn remove_within(
+        &self,
+        uuid: Uuid,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<(), ParentError> {
+        let mut departure = {
             let mut instances = self.lock();
-            let inst = instances.get(&uuid).ok_or(ParentError::NotFound(uuid))?;
-            if let Err(holders) = inst.server.handle().retire(force) {
-                return Err(ParentError::Busy { uuid, holders });
+            let inst = instances
+                .get_mut(&uuid)
+                .ok_or(ParentError::NotFound(uuid))?;
+            if inst.leaving {
+                return Err(ParentError::Leaving(uuid));
             }
-            instances.remove(&uuid).ok_or(ParentError::NotFound(uuid))?
+            let departure = inst.server.depart();
+            let unaskable = departure.unaskable();
+            if !force && !unaskable.is_empty() {
+                // Dropping the departure lets the instance serve on, undisturbed.
+                return Err(ParentError::Busy {
+                    uuid,
+                    holders: unaskable,
+                    why: BusyReason::CannotBeAsked,
+                });
+            }
+            inst.leaving = true;
+            departure
         };
-        // Shutting down outside the instances lock: connections close (close_device runs),
-        // then the handle drops (unregister) and the device drops (uninit).
-        inst.server.shutdown();
-        info!("{}: removed {uuid}", self.driver.name());
+        // Waiting happens outside the instances lock: listings and other instances go on.
+        departure.ask();
+        let released = departure.wait(deadline_after(timeout));
+        let result = if released && departure.holders().is_empty() {
+            Ok(())
+        } else if force || self.forcing.load(Ordering::Relaxed) {
+            if departure.disconnect() {
+                Ok(())
+            } else {
+                Err(ParentError::Busy {
+                    uuid,
+                    holders: departure.holders(),
+                    why: BusyReason::DidNotRelease(timeout),
+                })
+            }
+        } else {
+            Err(ParentError::Busy {
+                uuid,
+                holders: departure.holders(),
+                why: BusyReason::DidNotRelease(timeout),
+            })
+        };
+        if let Err(e) = result {
+            warn!("{}: {e}", self.driver.name());
+            // The instance serves on: clients are accepted again. Undone under the instances
+            // lock, the device first, so a removal that starts next finds both settled.
+            let mut instances = self.lock();
+            drop(departure);
+            if let Some(inst) = instances.get_mut(&uuid) {
+                inst.leaving = false;
+            }
+            return Err(e);
+        }
+        self.finish_removal(uuid, departure);
         Ok(())
+    }
+
+    /// The last step of a removal: nothing holds the instance and it refuses new opens.
+    fn finish_removal(&self, uuid: Uuid, departure: Departure) {
+        departure.complete();
+        let inst = self.lock().remove(&uuid);
+        // Shutting down outside the instances lock: the listener stops, then the handle
+        // drops (unregister) and the device drops (uninit, its budget returns).
+        if let Some(inst) = inst {
+            inst.server.shutdown();
+            info!("{}: removed {uuid}", self.driver.name());
+        }
     }
 
     /// Every instance.
@@ -283,11 +414,78 @@ impl Parent {
         self.lock().get(&uuid).map(|i| i.server.handle().clone())
     }
 
-    /// Removes every instance, forcing.
+    /// Removes every instance at once, closing whatever holds them (nobody is asked).
     pub fn shutdown(&self) {
         let all: Vec<Uuid> = self.lock().keys().copied().collect();
         for uuid in all {
-            let _ = self.remove(uuid, true);
+            if let Err(ParentError::Leaving(_)) = self.remove_within(uuid, true, Duration::ZERO) {
+                // Another removal is waiting on it: take it from under that removal, which
+                // then finds nothing left to do.
+                let inst = self.lock().remove(&uuid);
+                if let Some(inst) = inst {
+                    inst.server.disconnector().disconnect_all();
+                    inst.server.shutdown();
+                    info!("{}: removed {uuid}", self.driver.name());
+                }
+            }
         }
     }
+
+    /// The parent's orderly stop (SIGTERM): every instance refuses new clients and asks its
+    /// clients to let go (REQ), all of them first; then the parent waits for them, at most
+    /// `timeout` in all (or until [`Parent::force`]), closes what still holds an instance
+    /// and removes every instance.
+    pub fn shutdown_gracefully(&self, timeout: Duration) {
+        let mut departing: Vec<(Uuid, Departure)> = {
+            let mut instances = self.lock();
+            instances
+                .iter_mut()
+                .filter(|(_, inst)| !inst.leaving)
+                .map(|(uuid, inst)| {
+                    inst.leaving = true;
+                    (*uuid, inst.server.depart())
+                })
+                .collect()
+        };
+        let asked: usize = departing.iter_mut().map(|(_, d)| d.ask().len()).sum();
+        if asked > 0 {
+            info!(
+                "{}: asked {asked} client(s) to let go; waiting at most {:.1} s (a second \
+                 SIGTERM closes them at once)",
+                self.driver.name(),
+                timeout.as_secs_f64()
+            );
+        }
+        let deadline = deadline_after(timeout);
+        for (_, d) in &departing {
+            if !self.forcing.load(Ordering::Relaxed) {
+                d.wait(deadline);
+            }
+        }
+        for (uuid, d) in departing {
+            if !d.disconnect() {
+                warn!(
+                    "{}: {uuid} still held after closing its clients",
+                    self.driver.name()
+                );
+            }
+            self.finish_removal(uuid, d);
+        }
+        // Instances another removal was working on are closed too.
+        self.shutdown();
+    }
+
+    /// Cuts a graceful shutdown or removal short: their waits end and every client is
+    /// closed (a second SIGTERM).
+    pub fn force(&self) {
+        self.forcing.store(true, Ordering::Relaxed);
+        for inst in self.lock().values() {
+            inst.server.disconnector().disconnect_all();
+        }
+        info!("{}: closing every client now", self.driver.name());
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -30,6 +30,6 @@ pub use definitions::{Definition, DefinitionError, DefinitionStore, Scan};
 pub use driver::{
     refuse_params, CreateParams, MdevDriver, MdevType, NewDevice, DEVICE_API_VFIO_PCI,
 };
-pub use instances::{Holder, InstanceInfo, Parent, ParentError};
+pub use instances::{BusyReason, Holder, InstanceInfo, Parent, ParentError};
 pub use protocol::{ControlError, Reply, Request};
 pub use shell_docs::{write_shell_docs, GenerateDocs, ShellDocsError};

@@ -7,7 +7,7 @@
 //! → {"op":"list"}                                    ← {"instances":[{"uuid":…,"holders":[…],…}]}
 //! → {"op":"create","type":"mtty-2","params":{}}      ← {"instance":{"uuid":…,"socket":…,…}}
 //! → {"op":"start","uuid":"…"}                        ← {"instance":{…}}
-//! → {"op":"remove","uuid":"…","force":false}         ← {"removed":"…"}
+//! → {"op":"remove","uuid":"…","force":false,"timeout_ms":10000} ← {"removed":"…"}
 //!                                        any failure ← {"error":{"errno":16,"name":"EBUSY","message":"…"}}
 //! ```
 
@@ -43,13 +43,17 @@ pub enum Request {
         /// Which definition.
         uuid: Uuid,
     },
-    /// Remove (stop) an instance; its definition, if any, stays.
+    /// Remove (stop) an instance; its definition, if any, stays. Its clients are asked to
+    /// let go (REQ) and get `timeout_ms` (the parent's default when absent) to do so.
     Remove {
         /// Which.
         uuid: Uuid,
-        /// Close its connections if it is open.
+        /// Close the connections that still hold it at the end instead of refusing (EBUSY).
         #[serde(default)]
         force: bool,
+        /// How long asked clients get to let go, in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_ms: Option<u64>,
     },
 }
 
@@ -152,6 +156,18 @@ mod tests {
         let line = serde_json::to_string(&Request::Start { uuid: u }).unwrap();
         assert_eq!(line, format!(r#"{{"op":"start","uuid":"{u}"}}"#));
         assert!(serde_json::from_str::<Request>(r#"{"op":"format-disk"}"#).is_err());
+        // A remove from an older client (no timeout) still parses: the parent's default.
+        let r: Request =
+            serde_json::from_str(&format!(r#"{{"op":"remove","uuid":"{u}","force":true}}"#))
+                .unwrap();
+        assert_eq!(
+            r,
+            Request::Remove {
+                uuid: u,
+                force: true,
+                timeout_ms: None
+            }
+        );
     }
 
     #[test]

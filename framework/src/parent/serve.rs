@@ -3,9 +3,15 @@
 //! stops it), starts every `auto` definition of its definitions directory with its own UUID
 //! and socket (a definition that cannot start is logged and the others start), and only then
 //! answers the control socket: a client that connects early waits and sees them all.
+//!
+//! At SIGINT/SIGTERM every instance asks its clients to let go (the device request
+//! interrupt: QEMU unplugs the devices from its guest), all of them first; the parent waits
+//! for them at most `--remove-timeout`, then closes what is left and exits. A second signal
+//! closes everything at once.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use log::{error, info, warn};
 
@@ -43,13 +49,15 @@ fn announce(info: &InstanceInfo) {
     println!("{} {} {}", info.uuid, info.type_name, info.socket.display());
 }
 
-/// Runs the parent of `driver_name` with its sockets in `dir` and its definitions in `defs`.
-/// Returns the process exit code.
+/// Runs the parent of `driver_name` with its sockets in `dir` and its definitions in `defs`;
+/// clients get `remove_timeout` to let an instance go once asked. Returns the process exit
+/// code.
 pub(super) fn serve(
     driver_name: &str,
     dir: &Path,
     defs: &Path,
     create: &[String],
+    remove_timeout: Duration,
     make_driver: impl FnOnce() -> Arc<dyn MdevDriver>,
 ) -> i32 {
     let fail = |what: String| {
@@ -61,6 +69,7 @@ pub(super) fn serve(
         Ok(p) => p,
         Err(e) => return fail(format!("cannot use {}: {e}", dir.display())),
     };
+    parent.set_remove_timeout(remove_timeout);
     // Sockets passed in by a service manager (systemd socket activation), if any.
     let mut activated = match Activated::from_env() {
         Ok(a) => a,
@@ -109,8 +118,25 @@ pub(super) fn serve(
     info!("{driver_name}: control socket {}", control.path().display());
     wait_for_shutdown();
     drop(control);
-    parent.shutdown();
+    force_on_second_signal(driver_name, parent.clone());
+    parent.shutdown_gracefully(remove_timeout);
     0
+}
+
+/// While the parent stops gracefully, a second SIGINT/SIGTERM closes every client at once.
+fn force_on_second_signal(driver_name: &str, parent: Arc<Parent>) {
+    let name = driver_name.to_string();
+    let spawned = std::thread::Builder::new()
+        .name("force-stop".into())
+        .spawn(move || {
+            if shutdown_signals().wait().is_ok() {
+                info!("{name}: second signal: stopping now");
+                parent.force();
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("{driver_name}: a second signal will not force the stop: {e}");
+    }
 }
 
 /// Starts every `auto` definition in `store` (on its passed-in socket when the service

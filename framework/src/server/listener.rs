@@ -78,6 +78,15 @@ impl Shared {
         Duration::from_millis(self.message_timeout_ms.load(Ordering::Relaxed))
     }
 
+    /// Shuts down the socket of every live connection: each connection's thread sees the
+    /// end of its stream, and its close runs as for a client that went away.
+    pub(crate) fn disconnect_all(&self) {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        for l in live.values() {
+            let _ = l.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     pub(crate) fn forget(&self, id: ConnectionId) {
         self.live
             .lock()
@@ -191,6 +200,10 @@ impl DeviceServer {
     /// The device being served.
     pub fn handle(&self) -> &Arc<DeviceHandle> {
         &self.shared.handle
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Number of connections currently being served.

@@ -2,6 +2,9 @@
 # emulated IOMMU; the guest binds both to vfio-pci, serves them with `pci-passthrough serve`
 # and drives them over vfio-user with `edu-client`:
 #   - the server reports both functions in ONE device set (their shared secondary-bus reset);
+#   - it holds no device fd of an idle function: vfio-pci runtime-suspends both while served
+#     and idle, the one a client holds is active (its sibling stays suspended), and it is
+#     suspended again once its last client has left;
 #   - per function: config id, bus master, BAR0 ident, liveness, factorial, MSI on an eventfd,
 #     a DMA round trip through the (guest's) IOMMU into the client's memory, and no fd with
 #     BAR0's region info (the default trust: BAR0 is mmap-able on the host but served trapped);
@@ -54,6 +57,21 @@ e2e_info "set keys: $a -> '$key_a', $b -> '$key_b'"
 e2e_check one-device-set test -n "$key_a" -a "$key_a" = "$key_b"
 e2e_check set-key-names-both sh -c "case ',$key_a,' in *,$a,*) ;; *) exit 1 ;; esac; case ',$key_a,' in *,$b,*) ;; *) exit 1 ;; esac"
 
+# --- runtime PM: the server holds no device fd of an idle function --------------------------
+# vfio-pci enables a function on its device fd's first open and drops its runtime-PM
+# reference on the last close, so an idle function may be runtime-suspended. The server opens
+# the fd on a client's first open and releases it on the last close.
+pm() { cat "/sys/bus/pci/devices/$1/power/runtime_status" 2>/dev/null; }
+# pm_becomes BDF STATUS: within 5 s.
+pm_becomes() {
+  _t=50
+  while [ "$(pm "$1")" != "$2" ] && [ $_t -gt 0 ]; do sleep 0.1; _t=$((_t - 1)); done
+  [ "$(pm "$1")" = "$2" ]
+}
+e2e_info "runtime PM: power/control $(cat "/sys/bus/pci/devices/$a/power/control") $(cat "/sys/bus/pci/devices/$b/power/control"); served and idle: $a $(pm "$a"), $b $(pm "$b")"
+e2e_check pm-idle-a-suspended pm_becomes "$a" suspended
+e2e_check pm-idle-b-suspended pm_becomes "$b" suspended
+
 # Default trust, said for each function: protocol replies only, BARs trapped.
 e2e_check server-default-trust-logged sh -c \
   "grep -q '$a: client trust protocol-only (default): clients receive protocol replies only, no host fd' /tmp/pt.err &&
@@ -81,6 +99,9 @@ holder=$!
 holding() { grep -q '^HOLD ' /tmp/hold.out; }
 _t=100; while ! holding && [ $_t -gt 0 ]; do sleep 0.1; _t=$((_t - 1)); done
 e2e_check hold-b-open holding
+e2e_info "runtime PM, a client holding the second: $a $(pm "$a"), $b $(pm "$b")"
+e2e_check pm-held-b-active test "$(pm "$b")" = active
+e2e_check pm-sibling-a-suspended pm_becomes "$a" suspended
 e2e_check reset-a-busy-while-b-held edu-client reset "$sock_a" --expect busy
 # log_since N PATTERN [SECS]: wait until server log lines after line N match PATTERN.
 log_since() {
@@ -95,6 +116,8 @@ kill "$holder"; wait "$holder" 2>/dev/null
 # The last close in the set (the holder's, or the refused client's if the server sees that
 # one later) finds the set idle and hot resets it: the kernel's try-bus-reset rule.
 e2e_check idle-set-reset-on-last-close log_since "$mark" ": reset (Hot"
+e2e_check pm-released-b-suspended pm_becomes "$b" suspended
+e2e_info "runtime PM after the last client left: $a $(pm "$a"), $b $(pm "$b")"
 mark=$(wc -l </tmp/pt.err)
 e2e_check reset-a-ok-after-release edu-client reset "$sock_a" --expect ok
 # The request itself was served by a hot reset of the set (edu has no FLR); the client's

@@ -10,12 +10,15 @@
 //! guest-pci write32 BDF BAR OFFSET VALUE     write a BAR dword
 //! guest-pci con2fb TTY FB                    put console ttyTTY on framebuffer fbFB (fbcon),
 //!                                            as the `con2fbmap` tool does; busybox has none
+//! guest-pci io-read8 BDF BAR OFFSET          print a byte of an I/O BAR (hex)
+//! guest-pci io-write8 BDF BAR OFFSET VALUE   write a byte of an I/O BAR
 //! ```
 //! Numbers take `0x` for hex. Exit status 0 on success, 1 with a message on stderr otherwise.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::process::ExitCode;
 
 /// Offset of the command register and its enable bits.
@@ -162,6 +165,24 @@ fn con2fb(tty: u32, fb: u32) -> Result<()> {
     Ok(())
 }
 
+/// One byte of I/O BAR `bar` at `offset`, through its sysfs resource file (the kernel does
+/// an `inb`/`outb` for a 1-byte access; I/O BARs cannot be mapped).
+fn io_byte(bdf: &str, bar: &str, offset: &str, write: Option<u8>) -> Result<u8> {
+    let path = sysfs(bdf, &format!("resource{}", num(bar)?));
+    let file = open_rw(&path)?;
+    let offset = num(offset)?;
+    let mut b = [write.unwrap_or(0)];
+    let r = match write {
+        Some(_) => file.write_at(&b, offset),
+        None => file.read_at(&mut b, offset),
+    };
+    match r {
+        Ok(1) => Ok(b[0]),
+        Ok(n) => Err(format!("{path}: {n} bytes at {offset:#x}")),
+        Err(e) => Err(format!("{path}: {e}")),
+    }
+}
+
 fn fill_mapping(m: &Mapping, start: usize, len: u64, value: u32) {
     for i in (0..len as usize).step_by(DWORD as usize) {
         m.write32(start + i, value);
@@ -197,8 +218,18 @@ fn run(args: &[String]) -> Result<()> {
             Ok(())
         }
         ["con2fb", tty, fb] => con2fb(num(tty)? as u32, num(fb)? as u32),
+        ["io-read8", bdf, bar, off] => {
+            println!("{:#04x}", io_byte(bdf, bar, off, None)?);
+            Ok(())
+        }
+        ["io-write8", bdf, bar, off, val] => {
+            let v = u8::try_from(num(val)?).map_err(|e| e.to_string())?;
+            io_byte(bdf, bar, off, Some(v)).map(|_| ())
+        }
         _ => Err(
-            "usage: guest-pci enable|fill|fill-file|read32|write32|con2fb ... (see source)".into(),
+            "usage: guest-pci enable|fill|fill-file|read32|write32|con2fb|io-read8|io-write8 ... \
+             (see source)"
+                .into(),
         ),
     }
 }
