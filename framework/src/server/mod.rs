@@ -3,6 +3,8 @@
 
 mod connection;
 mod listener;
+mod record;
 
 pub use connection::ConnectionStats;
 pub use listener::{DeviceServer, ServerError, DEFAULT_MAX_CONNECTIONS, DEFAULT_MESSAGE_TIMEOUT};
+pub use record::RECORD_DIR_ENV;
