@@ -26,14 +26,14 @@ const REG_SCRATCH: u64 = 0x00;
 /// BAR0 register: writing 1 asserts the interrupt, 0 deasserts it.
 const REG_DOORBELL: u64 = 0x04;
 
-struct Doorbell {
+pub(crate) struct Doorbell {
     config: PciConfig,
     scratch: u32,
     irqs: Arc<Interrupts>,
 }
 
 impl Doorbell {
-    fn new() -> Result<Self, DeviceError> {
+    pub(crate) fn new() -> Result<Self, DeviceError> {
         let mut config = PciConfig::new(&PciIdentity {
             vendor_id: 0x1b36, // Red Hat's QEMU range, as the kernel samples use
             device_id: 0x00ee,
