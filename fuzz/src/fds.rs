@@ -147,11 +147,17 @@ pub fn describe_open() -> Vec<String> {
 /// server close what they hold as they end. Returns the count it settled at.
 pub fn settle_to(baseline: usize, limit: Duration) -> usize {
     let deadline = Instant::now() + limit;
+    let mut tries = 0u32;
     loop {
         let n = open_count();
         if n <= baseline || Instant::now() >= deadline {
             return n;
         }
-        std::thread::sleep(Duration::from_micros(200));
+        tries += 1;
+        if tries < 50 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 }
