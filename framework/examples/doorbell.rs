@@ -27,7 +27,7 @@ const REG_SCRATCH: u64 = 0x00;
 const REG_DOORBELL: u64 = 0x04;
 
 /// What is unique to a doorbell: a scratch register and the line it rings.
-struct Doorbell {
+pub(crate) struct Doorbell {
     scratch: u32,
     irqs: Arc<Interrupts>,
 }
@@ -64,7 +64,7 @@ impl PciFunction for Doorbell {
 }
 
 /// The doorbell's PCI function: identity, one 4 KiB trapped BAR, INTx and one MSI vector.
-fn doorbell() -> Result<PciDevice<Doorbell>, mdev::pci::FunctionError> {
+pub(crate) fn doorbell() -> Result<PciDevice<Doorbell>, mdev::pci::FunctionError> {
     let config = PciConfig::new(&PciIdentity {
         vendor_id: 0x1b36, // Red Hat's QEMU range, as the kernel samples use
         device_id: 0x00ee,

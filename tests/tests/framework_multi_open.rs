@@ -353,3 +353,36 @@ fn a_set_lives_as_long_as_its_devices() {
     );
     assert!(c.set().key().is_none(), "no key: a singleton set");
 }
+
+/// A connection that ended on its own leaves the server's list (and closes its socket, which
+/// is when its client sees the end of the stream) before its thread has let go of the
+/// device; `shutdown` must still return only once no thread holds it, or a removed instance
+/// gives its budget back some time later (found by the `server` fuzz target).
+#[test]
+fn shutdown_returns_only_once_no_connection_thread_holds_the_device() {
+    use std::io::Read;
+    init_logging();
+    let dir = ScratchDir::new("shutdown-holds");
+    let sets = DeviceSets::new();
+    for i in 0..300 {
+        let s = serve_probe(
+            &sets,
+            &dir,
+            "dev",
+            &HookLog::default(),
+            ProbeOptions::default(),
+            None,
+        );
+        let mut c = RawClient::open(&s.path);
+        c.sock.shutdown(std::net::Shutdown::Write).unwrap();
+        // Returns as the server's thread closes the connection: the moment to race it.
+        assert_eq!(c.sock.read(&mut [0u8; 1]).unwrap(), 0);
+        let handle = s.handle().clone();
+        s.server.shutdown();
+        assert_eq!(
+            Arc::strong_count(&handle),
+            1,
+            "round {i}: a connection thread still holds the device after shutdown"
+        );
+    }
+}

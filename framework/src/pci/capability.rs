@@ -158,11 +158,10 @@ impl PciCapability for MsiCapability {
         }
         put16(&mut m, data, u16::MAX);
         if self.per_vector_mask {
-            let bits = if self.vectors >= MSI_MAX_VECTORS {
-                u32::MAX
-            } else {
-                (1u32 << (1u32 << self.mmc())) - 1
-            };
+            // One bit per vector the capability advertises (a power of two, at most 32).
+            let bits = 1u32
+                .checked_shl(1u32 << self.mmc())
+                .map_or(u32::MAX, |b| b - 1);
             put32(&mut m, mask, bits);
         }
         m
@@ -306,6 +305,30 @@ pub struct MsixState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn msi_with_17_to_32_vectors_has_all_32_mask_bits_writable() {
+        for vectors in 17..=MSI_MAX_VECTORS {
+            let cap = MsiCapability {
+                vectors,
+                address_64: false,
+                per_vector_mask: true,
+            };
+            let (_, _, mask, _) = MsiCapability::layout(false);
+            assert_eq!(
+                &cap.write_mask()[mask..mask + 4],
+                &[0xff; 4],
+                "{vectors} vectors"
+            );
+        }
+        let three = MsiCapability {
+            vectors: 3,
+            address_64: true,
+            per_vector_mask: true,
+        };
+        let (_, _, mask, _) = MsiCapability::layout(true);
+        assert_eq!(&three.write_mask()[mask..mask + 4], &[0x0f, 0, 0, 0]);
+    }
 
     #[test]
     fn msi_lengths_follow_the_spec() {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 
 use super::listener::Shared;
+use super::record::Recorder;
 use crate::device_set::{DeviceHandle, Open};
 use crate::dma::{DmaMapping, DmaMappings};
 use crate::error::DeviceError;
@@ -110,6 +111,7 @@ struct Connection {
     owner: OwnerId,
     sock: UnixStream,
     reader: wire::MessageReader,
+    recorder: Recorder,
     handle: Arc<DeviceHandle>,
     dma: DmaMappings,
     /// (size, flags) of every region, read once at open: regions do not change while a
@@ -158,7 +160,9 @@ pub(crate) fn serve_connection(sock: UnixStream, id: ConnectionId, shared: Arc<S
         None => info!("{name}: {id} connected (peer unknown)"),
     }
     let mut reader = wire::MessageReader::new();
-    match negotiate(&sock, &mut reader, &handle, peer, shared.message_timeout()) {
+    let mut recorder = Recorder::open(shared.record_dir().as_deref(), &name, id);
+    let timeout = shared.message_timeout();
+    match negotiate(&sock, &mut reader, &mut recorder, &handle, peer, timeout) {
         Ok(()) => {
             let regions = {
                 let dev = handle.lock();
@@ -174,6 +178,7 @@ pub(crate) fn serve_connection(sock: UnixStream, id: ConnectionId, shared: Arc<S
                 owner,
                 sock,
                 reader,
+                recorder,
                 handle: handle.clone(),
                 dma: DmaMappings::new(wire::MAX_DMA_MAPS as usize),
                 regions,
@@ -200,6 +205,7 @@ pub(crate) fn serve_connection(sock: UnixStream, id: ConnectionId, shared: Arc<S
 fn negotiate(
     sock: &UnixStream,
     reader: &mut wire::MessageReader,
+    recorder: &mut Recorder,
     handle: &DeviceHandle,
     peer: Open,
     timeout: Duration,
@@ -215,6 +221,7 @@ fn negotiate(
         }
         e.to_string()
     })?;
+    recorder.message(&msg);
     let header = msg.header;
     let fail = |errno: i32, what: &str| {
         let _ = wire::send_error(sock, &header, errno);
@@ -281,6 +288,7 @@ impl Connection {
                     return;
                 }
             };
+            self.recorder.message(&msg);
             if msg.header.flags & wire::flags::TYPE_MASK != wire::flags::TYPE_COMMAND {
                 // A reply we never asked for: ignore it, as there is nothing to answer.
                 warn!(

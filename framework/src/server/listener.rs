@@ -66,11 +66,16 @@ struct Live {
 pub(crate) struct Shared {
     pub(crate) handle: Arc<DeviceHandle>,
     live: Mutex<HashMap<ConnectionId, Live>>,
+    /// Threads of connections that have ended and left `live`, not yet joined: each may still
+    /// be dropping its last references (to the device among them) when it is forgotten.
+    ended: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) stats: ConnectionStats,
     /// Connections served at once; more are refused (each costs a thread).
     max_connections: AtomicUsize,
     /// Milliseconds a started message (and the whole VERSION handshake) may take.
     message_timeout_ms: AtomicU64,
+    /// Where connections record what they receive (off: `None`).
+    record_dir: Mutex<Option<PathBuf>>,
 }
 
 impl Shared {
@@ -87,11 +92,31 @@ impl Shared {
         }
     }
 
-    pub(crate) fn forget(&self, id: ConnectionId) {
-        self.live
+    /// The directory connections record into, if recording is on.
+    pub(crate) fn record_dir(&self) -> Option<PathBuf> {
+        self.record_dir
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+            .clone()
+    }
+
+    /// Called by connection `id`'s own thread as it ends: the connection leaves `live`, and
+    /// its thread is kept to be joined, so that a shutdown returns only once no thread holds
+    /// the device.
+    pub(crate) fn forget(&self, id: ConnectionId) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut gone = live.remove(&id);
+        if let Some(thread) = gone.as_mut().and_then(|l| l.thread.take()) {
+            // Under the `live` lock: a shutdown finds this thread in one list or the other.
+            let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+            // Threads that have finished hold nothing any more: no need to keep them.
+            ended.retain(|t| !t.is_finished());
+            ended.push(thread);
+        }
+        drop(live);
+        // Only now is the socket closed for good (our clone goes with the entry), and the
+        // client sees the end of the stream.
+        drop(gone);
     }
 }
 
@@ -159,9 +184,11 @@ impl DeviceServer {
         let shared = Arc::new(Shared {
             handle,
             live: Mutex::new(HashMap::new()),
+            ended: Mutex::new(Vec::new()),
             max_connections: AtomicUsize::new(DEFAULT_MAX_CONNECTIONS),
             message_timeout_ms: AtomicU64::new(DEFAULT_MESSAGE_TIMEOUT.as_secs() * 1000),
             stats: ConnectionStats::default(),
+            record_dir: Mutex::new(super::record::dir_from_env()),
         });
         let shared2 = shared.clone();
         let name = format!("accept-{}", shared.handle.name());
@@ -190,6 +217,17 @@ impl DeviceServer {
     pub fn set_message_timeout(&self, limit: Duration) {
         let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
         self.shared.message_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Records every message each connection accepted from now on receives, one file per
+    /// connection in `dir` (see [`RECORD_DIR_ENV`](super::RECORD_DIR_ENV) for the format and
+    /// the environment variable that sets it); `None` turns recording off.
+    pub fn record_to(&self, dir: Option<PathBuf>) {
+        *self
+            .shared
+            .record_dir
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = dir;
     }
 
     /// The socket path (when the socket has one).
@@ -241,6 +279,12 @@ impl DeviceServer {
             if let Some(t) = l.thread.take() {
                 let _ = t.join();
             }
+        }
+        // Connections that ended on their own may still be letting go of the device.
+        let ended =
+            std::mem::take(&mut *self.shared.ended.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in ended {
+            let _ = t.join();
         }
         if let Some(p) = self.path.as_ref().filter(|_| self.owns_file) {
             let _ = fs::remove_file(p);

@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 
 pub use framing::{read_message, read_message_within, Deadlines, MessageReader};
 pub use reply::Reply;
-pub use request::{DmaMapRequest, DmaUnmapRange, Request, RequestError};
+pub use request::{DmaMapRequest, DmaUnmapRange, EncodedRequest, Request, RequestError};
 
 use serde::Deserialize;
 use vm_memory::ByteValued;

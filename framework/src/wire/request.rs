@@ -5,13 +5,14 @@
 
 use std::fs::File;
 use std::mem::size_of;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use vm_memory::ByteValued;
 
 use super::{
-    parse_client_capabilities, ClientCapabilities, Command, DeviceInfoMsg, DmaMapMsg, DmaUnmapMsg,
-    IrqInfoMsg, Message, RegionAccessMsg, RegionInfoMsg, SetIrqsMsg, VersionMsg, WireError,
-    DMA_UNMAP_ALL, DMA_UNMAP_GET_DIRTY, MAX_DATA_XFER_SIZE,
+    parse_client_capabilities, size32, ClientCapabilities, Command, DeviceInfoMsg, DmaMapMsg,
+    DmaUnmapMsg, IrqInfoMsg, Message, RegionAccessMsg, RegionInfoMsg, SetIrqsMsg, VersionMsg,
+    WireError, DMA_UNMAP_ALL, DMA_UNMAP_GET_DIRTY, MAX_DATA_XFER_SIZE,
 };
 use crate::dma::DmaProt;
 use crate::irq::{IrqAction, IrqData, IrqIndex, IrqRequest, SetIrqsFlags};
@@ -102,6 +103,18 @@ pub enum Request {
     },
     /// `DEVICE_RESET`.
     DeviceReset,
+}
+
+/// A request as a client puts it on the wire: the command, the payload after the header, and
+/// the fds to pass with it.
+#[derive(Debug)]
+pub struct EncodedRequest<'a> {
+    /// The command.
+    pub command: Command,
+    /// The bytes after the header.
+    pub payload: Vec<u8>,
+    /// The fds, in order.
+    pub fds: Vec<BorrowedFd<'a>>,
 }
 
 /// Why a message is not a valid request. Each variant carries what was wrong.
@@ -361,6 +374,149 @@ impl Request {
     }
 }
 
+impl Request {
+    /// Encodes the request as a client sends it; [`Request::parse`] of the result gives an
+    /// equal request back (a VERSION's capability string keeps only the keys this server
+    /// reads).
+    pub fn encode(&self) -> EncodedRequest<'_> {
+        let mut fds = Vec::new();
+        let payload = match self {
+            Request::Version {
+                major,
+                minor,
+                capabilities,
+            } => {
+                let mut p = VersionMsg {
+                    major: *major,
+                    minor: *minor,
+                }
+                .as_slice()
+                .to_vec();
+                let mut caps = serde_json::Map::new();
+                if let Some(n) = capabilities.max_msg_fds {
+                    caps.insert("max_msg_fds".into(), n.into());
+                }
+                if let Some(n) = capabilities.max_data_xfer_size {
+                    caps.insert("max_data_xfer_size".into(), n.into());
+                }
+                let json = serde_json::json!({ "capabilities": caps });
+                p.extend_from_slice(json.to_string().as_bytes());
+                p.push(0);
+                p
+            }
+            Request::DmaMap(m) => {
+                fds.extend(m.fd.as_ref().map(File::as_fd));
+                DmaMapMsg {
+                    argsz: size32::<DmaMapMsg>(),
+                    flags: m.prot.bits(),
+                    offset: m.offset,
+                    address: m.address,
+                    size: m.size,
+                }
+                .as_slice()
+                .to_vec()
+            }
+            Request::DmaUnmap { flags, range } => {
+                let (address, size) = match range {
+                    DmaUnmapRange::All => (0, 0),
+                    DmaUnmapRange::Range { address, size } => (*address, *size),
+                };
+                DmaUnmapMsg {
+                    argsz: size32::<DmaUnmapMsg>(),
+                    flags: *flags,
+                    address,
+                    size,
+                }
+                .as_slice()
+                .to_vec()
+            }
+            Request::GetDeviceInfo => DeviceInfoMsg {
+                argsz: size32::<DeviceInfoMsg>(),
+                ..Default::default()
+            }
+            .as_slice()
+            .to_vec(),
+            Request::GetRegionInfo { index, argsz } => RegionInfoMsg {
+                argsz: *argsz,
+                index: *index,
+                ..Default::default()
+            }
+            .as_slice()
+            .to_vec(),
+            Request::GetIrqInfo { index } => IrqInfoMsg {
+                argsz: size32::<IrqInfoMsg>(),
+                index: *index,
+                ..Default::default()
+            }
+            .as_slice()
+            .to_vec(),
+            Request::SetIrqs(req) => encode_set_irqs(req, &mut fds),
+            Request::RegionRead {
+                region,
+                offset,
+                count,
+            } => RegionAccessMsg {
+                offset: *offset,
+                region: *region,
+                count: *count,
+            }
+            .as_slice()
+            .to_vec(),
+            Request::RegionWrite {
+                region,
+                offset,
+                data,
+            } => {
+                let mut p = RegionAccessMsg {
+                    offset: *offset,
+                    region: *region,
+                    count: u32::try_from(data.len()).unwrap_or(u32::MAX),
+                }
+                .as_slice()
+                .to_vec();
+                p.extend_from_slice(data);
+                p
+            }
+            Request::DeviceReset => Vec::new(),
+        };
+        EncodedRequest {
+            command: self.command(),
+            payload,
+            fds,
+        }
+    }
+}
+
+fn encode_set_irqs<'a>(req: &'a IrqRequest, fds: &mut Vec<BorrowedFd<'a>>) -> Vec<u8> {
+    let action = match req.action {
+        IrqAction::Mask => SetIrqsFlags::ACTION_MASK,
+        IrqAction::Unmask => SetIrqsFlags::ACTION_UNMASK,
+        IrqAction::Trigger => SetIrqsFlags::ACTION_TRIGGER,
+    };
+    let (data, bools) = match &req.data {
+        IrqData::None => (SetIrqsFlags::DATA_NONE, Vec::new()),
+        IrqData::Bool(b) => (
+            SetIrqsFlags::DATA_BOOL,
+            b.iter().map(|&b| u8::from(b)).collect(),
+        ),
+        IrqData::Eventfds(files) => {
+            fds.extend(files.iter().map(File::as_fd));
+            (SetIrqsFlags::DATA_EVENTFD, Vec::new())
+        }
+    };
+    let mut p = SetIrqsMsg {
+        argsz: u32::try_from(size_of::<SetIrqsMsg>() + bools.len()).unwrap_or(u32::MAX),
+        flags: (action | data).bits(),
+        index: req.index as u32,
+        start: req.start,
+        count: req.count,
+    }
+    .as_slice()
+    .to_vec();
+    p.extend_from_slice(&bools);
+    p
+}
+
 fn parse_dma_map(mut msg: Message) -> Result<Request, RequestError> {
     let command = Command::DmaMap;
     let req: DmaMapMsg = fixed(&msg, command)?;
@@ -602,5 +758,62 @@ mod tests {
         };
         let e = Request::parse(msg(Command::DmaUnmap, dirty.as_slice(), 0)).unwrap_err();
         assert_eq!(e.errno(), libc::ENOTSUP);
+    }
+
+    #[test]
+    fn every_request_encodes_to_what_parses_back_to_it() {
+        let map = DmaMapMsg {
+            argsz: 40,
+            flags: 1,
+            offset: 8,
+            address: 0x1000,
+            size: 0x2000,
+        };
+        let bools = SetIrqsMsg {
+            argsz: 22,
+            flags: (SetIrqsFlags::DATA_BOOL | SetIrqsFlags::ACTION_MASK).bits(),
+            index: 1,
+            start: 2,
+            count: 2,
+        };
+        let mut bools = bools.as_slice().to_vec();
+        bools.extend_from_slice(&[0, 7]);
+        let mut version = VersionMsg { major: 0, minor: 3 }.as_slice().to_vec();
+        version.extend_from_slice(b"{\"capabilities\":{\"max_msg_fds\":4,\"other\":1}}\0");
+        let mut write = RegionAccessMsg {
+            offset: 3,
+            region: 2,
+            count: 2,
+        }
+        .as_slice()
+        .to_vec();
+        write.extend_from_slice(&[9, 9]);
+        let cases = [
+            msg(Command::Version, &version, 0),
+            msg(Command::DmaMap, map.as_slice(), 1),
+            msg(Command::DeviceSetIrqs, &bools, 0),
+            msg(Command::RegionWrite, &write, 0),
+            msg(Command::DeviceReset, &[], 0),
+        ];
+        for m in cases {
+            let first = Request::parse(m).unwrap();
+            let e = first.encode();
+            let again = Message {
+                header: Header {
+                    command: e.command as u16,
+                    ..Default::default()
+                },
+                payload: e.payload.clone(),
+                fds: e
+                    .fds
+                    .iter()
+                    .map(|f| File::from(f.try_clone_to_owned().unwrap()))
+                    .collect(),
+            };
+            let back = Request::parse(again).unwrap();
+            assert_eq!(back.command(), first.command());
+            assert_eq!(back.encode().payload, e.payload, "{first:?}");
+            assert_eq!(back.encode().fds.len(), e.fds.len());
+        }
     }
 }
