@@ -188,9 +188,33 @@ impl FakeVfio {
         self.kernel.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a device the fake can open.
+    /// Adds a device the fake can open. Its memory exists from now on, as hardware's does
+    /// (so a test's fd count does not change with the first open).
     pub fn add(&self, spec: FakeSpec) {
-        self.lock().specs.insert(spec.address, spec);
+        let address = spec.address;
+        self.lock().specs.insert(address, spec);
+        if let Err(e) = self.memory_of(address) {
+            log::warn!("fake VFIO: memory of {address}: {e}");
+        }
+    }
+
+    /// The memory of `address`, made on first use.
+    fn memory_of(&self, address: PciAddress) -> Result<Arc<File>, HostError> {
+        let mut k = self.lock();
+        if let Some(m) = k.memory.get(&address) {
+            return Ok(m.clone());
+        }
+        // Shared memory as large as every region gives a (sealed) memfd standing for the
+        // device; its mapping is sparse and not used.
+        let size = u64::from(FAKE_NUM_REGIONS) * FAKE_REGION_STRIDE;
+        let mem = mdev::SharedMemory::new(
+            &format!("fake-{address}"),
+            usize::try_from(size).unwrap_or(usize::MAX),
+        )
+        .map_err(|e| HostError::io("memfd", e))?;
+        let file = mem.file().clone();
+        k.memory.insert(address, file.clone());
+        Ok(file)
     }
 
     /// Every recorded call so far.
@@ -243,23 +267,8 @@ impl FakeVfio {
 
     /// A new device fd of `address` (a duplicate of its memory fd), recorded.
     fn open_fd(&self, address: PciAddress) -> Result<Arc<File>, HostError> {
+        let memory = self.memory_of(address)?;
         let mut k = self.lock();
-        let memory = match k.memory.get(&address) {
-            Some(m) => m.clone(),
-            None => {
-                // Shared memory as large as every region gives a (sealed) memfd standing for
-                // the device; its mapping is sparse and not used.
-                let size = u64::from(FAKE_NUM_REGIONS) * FAKE_REGION_STRIDE;
-                let mem = mdev::SharedMemory::new(
-                    &format!("fake-{address}"),
-                    usize::try_from(size).unwrap_or(usize::MAX),
-                )
-                .map_err(|e| HostError::io("memfd", e))?;
-                let file = mem.file().clone();
-                k.memory.insert(address, file.clone());
-                file
-            }
-        };
         let file = Arc::new(
             memory
                 .try_clone()
