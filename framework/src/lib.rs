@@ -42,6 +42,7 @@
 
 #![warn(missing_docs)]
 
+pub mod confine;
 pub mod device;
 pub mod device_set;
 pub mod dma;
