@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
-use mdev::parent::cli::{run, DirArg, ParentCommand};
+use mdev::confine::{self, Policy, ThreadKind};
+use mdev::parent::cli::{run, DirArg, ParentCommand, SeccompArg};
 use mdev::parent::MdevDriver;
 use uuid::Uuid;
 
@@ -50,6 +51,9 @@ pub enum ViewerCommand {
         /// Output file of a single snapshot.
         #[arg(value_name = "OUT.png", required_unless_present_any = ["every", "out"])]
         out_file: Option<PathBuf>,
+        /// Confinement once connected.
+        #[command(flatten)]
+        seccomp: SeccompArg,
     },
     /// Show the instance's display live in this (truecolor) terminal; q, Esc or Ctrl-C quits.
     View {
@@ -58,6 +62,9 @@ pub enum ViewerCommand {
         dir: DirArg,
         /// Instance UUID.
         uuid: Uuid,
+        /// Confinement once connected.
+        #[command(flatten)]
+        seccomp: SeccompArg,
     },
 }
 
@@ -104,6 +111,9 @@ pub enum ViewerError {
     /// A single snapshot was asked for without an output file.
     #[error("no output file given (--out OUT.png)")]
     NoOutput,
+    /// The viewer could not be confined.
+    #[error(transparent)]
+    Confine(#[from] confine::ConfineError),
     /// Creating the output directory failed.
     #[error("{0}: {1}")]
     OutDir(PathBuf, #[source] std::io::Error),
@@ -113,6 +123,11 @@ pub enum ViewerError {
 /// process exit code.
 pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeReader>) -> i32 {
     let socket = |d: &DirArg, uuid: Uuid| d.resolve(driver_name).join(format!("{uuid}.sock"));
+    let (ViewerCommand::Snapshot { seccomp, .. } | ViewerCommand::View { seccomp, .. }) = &cmd;
+    if let Err(e) = confine::configure(Policy::new(seccomp.mode)) {
+        eprintln!("{driver_name}: confinement: {e}");
+        return 1;
+    }
     let result = match cmd {
         ViewerCommand::Snapshot {
             dir,
@@ -124,8 +139,7 @@ pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeRea
             ..
         } => {
             let out_dir = out_dir.unwrap_or_else(|| PathBuf::from("."));
-            DisplayClient::connect(&socket(&dir, uuid), reader)
-                .map_err(ViewerError::from)
+            connect_confined(&socket(&dir, uuid), reader)
                 .and_then(|mut client| {
                     let period = Duration::from_secs(secs.max(1));
                     let every = Periodic {
@@ -150,9 +164,13 @@ pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeRea
         ViewerCommand::View { .. } if !std::io::stdout().is_terminal() => {
             Err(ViewerError::NotATerminal)
         }
-        ViewerCommand::View { dir, uuid } => DisplayClient::connect(&socket(&dir, uuid), reader)
-            .and_then(|mut c| run_live_view(&mut c))
-            .map_err(ViewerError::from),
+        ViewerCommand::View { dir, uuid, .. } => {
+            // The terminal's event source (its fd, the SIGWINCH hook) is set up before the
+            // filter goes on.
+            let _ = crossterm::event::poll(Duration::ZERO);
+            connect_confined(&socket(&dir, uuid), reader)
+                .and_then(|mut c| run_live_view(&mut c).map_err(ViewerError::from))
+        }
     };
     match result {
         Ok(()) => 0,
@@ -163,13 +181,24 @@ pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeRea
     }
 }
 
+/// Connects to the instance on `socket`, then confines this thread as a viewer (when the
+/// process is confined).
+fn connect_confined(
+    socket: &Path,
+    reader: Box<dyn ModeReader>,
+) -> Result<DisplayClient, ViewerError> {
+    let client = DisplayClient::connect(socket, reader)?;
+    confine::try_enter(ThreadKind::Viewer)?;
+    Ok(client)
+}
+
 /// Writes one PNG of the current frame of the instance on `socket` to `out`.
 pub fn snapshot_once(
     socket: &Path,
     reader: Box<dyn ModeReader>,
     out: &Path,
 ) -> Result<(), ViewerError> {
-    let mut client = DisplayClient::connect(socket, reader)?;
+    let mut client = connect_confined(socket, reader)?;
     let frame = client.frame()?.ok_or(ViewerError::NoScanout)?;
     save_png(&frame, out)?;
     log::info!(

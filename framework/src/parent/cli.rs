@@ -23,6 +23,7 @@ use super::driver::{CreateParams, MdevDriver, MdevType};
 use super::instances::InstanceInfo;
 use super::protocol::ControlError;
 pub use super::serve::{block_shutdown_signals, wait_for_shutdown};
+use crate::confine::SeccompMode;
 
 /// Default socket directory of a driver: `$XDG_RUNTIME_DIR/NAME` or `/tmp/NAME-UID`.
 pub fn default_dir(driver: &str) -> PathBuf {
@@ -84,6 +85,16 @@ impl DefsArg {
     }
 }
 
+/// `--seccomp=on|log|off`: how the threads of a process are confined (see [`crate::confine`]).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct SeccompArg {
+    /// Seccomp allow-lists on every thread: `on` kills the process (SIGSYS) on a system call
+    /// off a thread's list and logs which; `log` allows it and logs it once; `off` installs
+    /// none.
+    #[arg(long = "seccomp", env = "MDEV_SECCOMP", value_enum, default_value_t = SeccompMode::On)]
+    pub mode: SeccompMode,
+}
+
 /// The shared subcommands.
 #[derive(Subcommand, Debug, Clone)]
 pub enum ParentCommand {
@@ -99,6 +110,9 @@ pub enum ParentCommand {
         /// Create an instance at start: TYPE[,uuid=UUID][,KEY=VALUE…] (repeatable).
         #[arg(long = "create", value_name = "SPEC")]
         create: Vec<String>,
+        /// Confinement of every thread.
+        #[command(flatten)]
+        seccomp: SeccompArg,
     },
     /// List the types and how many instances each can still have.
     Types {
@@ -450,12 +464,18 @@ pub fn run(
     cmd: ParentCommand,
     make_driver: impl FnOnce() -> Arc<dyn MdevDriver>,
 ) -> i32 {
-    if let ParentCommand::Serve { dir, defs, create } = &cmd {
+    if let ParentCommand::Serve {
+        dir,
+        defs,
+        create,
+        seccomp,
+    } = &cmd
+    {
         return super::serve::serve(
             driver_name,
-            &dir.resolve(driver_name),
-            &defs.resolve(driver_name),
+            (&dir.resolve(driver_name), &defs.resolve(driver_name)),
             create,
+            seccomp.mode,
             make_driver,
         );
     }

@@ -15,6 +15,7 @@ use super::control::{ControlServer, ControlSocket};
 use super::definitions::DefinitionStore;
 use super::driver::MdevDriver;
 use super::instances::{InstanceInfo, Parent};
+use crate::confine::{self, Policy, SeccompMode, ThreadKind};
 
 /// The signals that stop `serve`.
 fn shutdown_signals() -> nix::sys::signal::SigSet {
@@ -47,9 +48,9 @@ fn announce(info: &InstanceInfo) {
 /// Returns the process exit code.
 pub(super) fn serve(
     driver_name: &str,
-    dir: &Path,
-    defs: &Path,
+    (dir, defs): (&Path, &Path),
     create: &[String],
+    seccomp: SeccompMode,
     make_driver: impl FnOnce() -> Arc<dyn MdevDriver>,
 ) -> i32 {
     let fail = |what: String| {
@@ -57,6 +58,9 @@ pub(super) fn serve(
         1
     };
     block_shutdown_signals();
+    if let Err(e) = confine::configure(Policy::new(seccomp)) {
+        return fail(format!("confinement: {e}"));
+    }
     let parent = match Parent::new(make_driver(), dir) {
         Ok(p) => p,
         Err(e) => return fail(format!("cannot use {}: {e}", dir.display())),
@@ -107,6 +111,13 @@ pub(super) fn serve(
         warn!("{driver_name}: passed-in socket {name} matches no instance; ignored");
     }
     info!("{driver_name}: control socket {}", control.path().display());
+    // Start-up is done: from here the main thread only waits and then stops everything.
+    if let Err(e) = confine::try_enter(ThreadKind::Main) {
+        drop(control);
+        parent.shutdown();
+        return fail(format!("confinement: {e}"));
+    }
+    info!("{driver_name}: seccomp {seccomp}");
     wait_for_shutdown();
     drop(control);
     parent.shutdown();
