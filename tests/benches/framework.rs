@@ -2,6 +2,8 @@
 //! - a trapped 4-byte REGION_READ / REGION_WRITE round trip through the `vfio_user` client,
 //!   next to a raw UNIX-socket ping-pong of the same message sizes, and their ratio
 //!   (target: at most 1.3x);
+//! - the same round trip with the server's threads under their seccomp filters
+//!   (`mdev::confine`, as `serve` runs them by default) against unfiltered, and the ratio;
 //! - the cost of one open + close of a device in a set of 1 and in a set of 64 devices
 //!   (target: flat).
 //!
@@ -11,6 +13,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use mdev::confine::{self, Policy, SeccompMode};
 use mdev::device_set::{DeviceSetKey, DeviceSets};
 use mdev::server::DeviceServer;
 use mdev::{ConnectionId, OwnerId};
@@ -64,7 +67,7 @@ fn region_round_trips(dir: &ScratchDir) -> (f64, f64) {
         )),
         None,
     );
-    let path = dir.join("bench.sock");
+    let path = dir.join(&format!("bench-{}.sock", confine::mode()));
     let _server = DeviceServer::bind(&path, h).unwrap();
     let mut c = Client::new(&path).unwrap();
     let mut buf = [0u8; 4];
@@ -126,6 +129,22 @@ fn main() {
     let (read, write) = region_round_trips(&dir);
     println!("trapped 4-byte REGION_READ round trip:  {read:7.2} us   raw ping-pong {raw_read:6.2} us   ratio {:.2}x (target <= 1.3x)", read / raw_read);
     println!("trapped 4-byte REGION_WRITE round trip: {write:7.2} us   raw ping-pong {raw_write:6.2} us   ratio {:.2}x (target <= 1.3x)", write / raw_write);
+    // The filter's cost: servers started after `configure` confine their listener and
+    // connection threads; the client (this thread) stays unfiltered. Unfiltered runs before
+    // and after, averaged, so that a warming or cooling machine shows.
+    let confined = |mode| {
+        confine::configure(Policy::new(mode)).expect("configure");
+        region_round_trips(&dir)
+    };
+    let (off1_read, off1_write) = confined(SeccompMode::Off);
+    let (on_read, on_write) = confined(SeccompMode::On);
+    let (off2_read, off2_write) = confined(SeccompMode::Off);
+    let (off_read, off_write) = (
+        (off1_read + off2_read) / 2.0,
+        (off1_write + off2_write) / 2.0,
+    );
+    println!("trapped REGION_READ,  seccomp filter on vs off: {on_read:7.2} us vs {off_read:6.2} us   ratio {:.3}x", on_read / off_read);
+    println!("trapped REGION_WRITE, seccomp filter on vs off: {on_write:7.2} us vs {off_write:6.2} us   ratio {:.3}x", on_write / off_write);
     let one = open_close_cost(1);
     let many = open_close_cost(64);
     println!("open+close (first/last, hooks run) in a set of  1: {one:8.1} ns");
