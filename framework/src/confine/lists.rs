@@ -39,12 +39,12 @@ const FIONBIO: libc::c_ulong = libc::FIONBIO;
 
 /// What every thread does to live, log and end: memory (never executable), futexes, signal
 /// masks and returns (the interrupt wake-up signal, the SIGSYS handler), log lines on stderr,
-/// the clock, random keys for hash maps, thread exit.
+/// the clock, random keys for hash maps, thread exit. And the terminal's attributes: mtty's
+/// panic hook restores a raw terminal from whichever thread panics.
 fn base() -> SyscallSet {
     SyscallSet::new()
         .allow(&[
             libc::SYS_write,
-            libc::SYS_writev,
             libc::SYS_close,
             libc::SYS_futex,
             libc::SYS_sched_yield,
@@ -64,10 +64,12 @@ fn base() -> SyscallSet {
         ])
         .allow_without_bits(libc::SYS_mmap, 2, PROT_EXEC)
         .allow_without_bits(libc::SYS_mprotect, 2, PROT_EXEC)
+        .allow_ioctls(&TERMIOS)
 }
 
 /// Starting a thread (in the parent) and a new thread's own start-up before it confines
-/// itself: its stack and guard page, robust futex list, rseq area, name, and the filter.
+/// itself: its stack and guard page, robust futex list, rseq area, CPU set (malloc's arena),
+/// name, and the filter.
 fn spawning() -> SyscallSet {
     SyscallSet::new()
         .allow(&[
@@ -85,168 +87,165 @@ fn spawning() -> SyscallSet {
         .allow_arg(libc::SYS_seccomp, 0, &[libc::SECCOMP_SET_MODE_FILTER])
 }
 
-/// Waiting on fds and sleeping.
-fn waiting() -> SyscallSet {
-    SyscallSet::new().allow(&[
-        libc::SYS_poll,
-        libc::SYS_ppoll,
-        libc::SYS_nanosleep,
-        libc::SYS_clock_nanosleep,
-    ])
+/// Waiting for fds.
+fn polling() -> SyscallSet {
+    SyscallSet::new().allow(&[libc::SYS_poll, libc::SYS_ppoll])
 }
 
-/// Socket I/O on a connected stream: data, fds (SCM_RIGHTS), timeouts, peer credentials.
-fn stream_io() -> SyscallSet {
+/// `thread::sleep`.
+fn sleeping() -> SyscallSet {
+    SyscallSet::new().allow(&[libc::SYS_nanosleep, libc::SYS_clock_nanosleep])
+}
+
+/// `try_clone` of a socket or file.
+fn duplicating() -> SyscallSet {
+    SyscallSet::new().allow_arg(libc::SYS_fcntl, 1, &[libc::F_DUPFD_CLOEXEC as u32])
+}
+
+/// Stopping a connection's interrupt thread, which may sit in a client's eventfd: the wake-up
+/// signal (`pthread_kill`) and short sleeps between tries.
+fn stopping_interrupts() -> SyscallSet {
+    SyscallSet::new()
+        .allow(&[libc::SYS_tgkill])
+        .union(&sleeping())
+}
+
+/// Memory handed over by a client (DMA) or made for clients (framebuffers), mapped from a
+/// file: size and seal checks, reads and writes through the fd.
+fn file_memory() -> SyscallSet {
     SyscallSet::new()
         .allow(&[
-            libc::SYS_read,
-            libc::SYS_recvfrom,
-            libc::SYS_recvmsg,
-            libc::SYS_sendto,
-            libc::SYS_sendmsg,
-            libc::SYS_shutdown,
-            libc::SYS_setsockopt,
-            libc::SYS_getsockopt,
-        ])
-        .allow_arg(
-            libc::SYS_fcntl,
-            1,
-            &[
-                libc::F_DUPFD_CLOEXEC as u32,
-                libc::F_GETFD as u32,
-                libc::F_SETFD as u32,
-                libc::F_GETFL as u32,
-                libc::F_SETFL as u32,
-            ],
-        )
-        .allow_ioctls(&[FIONBIO])
-}
-
-/// Taking a connection off a listening socket.
-fn accepting() -> SyscallSet {
-    SyscallSet::new()
-        .allow(&[libc::SYS_accept, libc::SYS_accept4])
-        .allow_arg(libc::SYS_fcntl, 1, &[libc::F_DUPFD_CLOEXEC as u32])
-}
-
-/// Memory handed over by a client (DMA) or made for clients (framebuffers): size checks,
-/// seals, reads and writes through the fd, and the eventfd check through `/proc/self/fd`.
-fn client_memory() -> SyscallSet {
-    SyscallSet::new()
-        .allow(&[
-            libc::SYS_fstat,
-            libc::SYS_newfstatat,
             libc::SYS_statx,
+            libc::SYS_newfstatat,
             libc::SYS_lseek,
             libc::SYS_pread64,
             libc::SYS_pwrite64,
-            libc::SYS_preadv,
-            libc::SYS_pwritev,
-            libc::SYS_readlink,
         ])
         .allow_arg(libc::SYS_fcntl, 1, &[libc::F_GET_SEALS as u32])
-}
-
-/// Creating and removing instances: sockets bound in the parent's directory (0600), console
-/// sockets and ptys, sealed memfds, eventfds, the definition files `start` reads.
-fn instance_lifecycle() -> SyscallSet {
-    SyscallSet::new()
-        .allow(&[
-            libc::SYS_bind,
-            libc::SYS_listen,
-            libc::SYS_connect,
-            libc::SYS_getsockname,
-            libc::SYS_chmod,
-            libc::SYS_fchmod,
-            libc::SYS_fchmodat,
-            libc::SYS_unlink,
-            libc::SYS_unlinkat,
-            libc::SYS_lstat,
-            libc::SYS_stat,
-            libc::SYS_openat,
-            libc::SYS_getdents64,
-            libc::SYS_eventfd2,
-            libc::SYS_dup,
-            libc::SYS_memfd_create,
-            libc::SYS_ftruncate,
-            libc::SYS_fallocate,
-            libc::SYS_tgkill,
-        ])
-        .allow_arg(libc::SYS_socket, 0, &[libc::AF_UNIX as u32])
-        .allow_arg(libc::SYS_fcntl, 1, &[libc::F_ADD_SEALS as u32])
-        .allow_ioctls(&TERMIOS)
-        .allow_ioctls(&[TIOCGPTN, TIOCSPTLCK])
+        .union(&duplicating())
 }
 
 /// What a kind itself calls, besides [`base`].
 pub(super) fn own(kind: ThreadKind) -> SyscallSet {
     let own = match kind {
-        // After start-up: waits for SIGINT/SIGTERM, then stops everything (joins threads,
-        // wakes interrupt threads, removes socket files, restores the terminal).
+        // After start-up: waits for SIGINT/SIGTERM, then stops everything (closes
+        // connections, joins threads, removes socket files).
         ThreadKind::Main => SyscallSet::new()
-            .allow(&[libc::SYS_rt_sigtimedwait, libc::SYS_read])
-            .union(&waiting())
-            .union(&instance_lifecycle())
-            .union(&stream_io()),
+            .allow(&[
+                libc::SYS_rt_sigtimedwait,
+                libc::SYS_shutdown,
+                libc::SYS_unlink,
+            ])
+            .union(&stopping_interrupts()),
         // Waits for control clients and starts a thread for each.
         ThreadKind::Control => SyscallSet::new()
-            .allow(&[libc::SYS_read])
-            .union(&waiting())
-            .union(&accepting())
+            .allow(&[libc::SYS_accept4])
+            .union(&polling())
             .union(&spawning()),
-        // Answers one control client: creates and removes instances.
+        // Answers one control client (a line at a time, with a read timeout): creates
+        // instances (device and console sockets bound 0600 after a stale one is checked and
+        // removed, ptys, sealed memfds, eventfds, the definition `start` reads) and removes
+        // them.
         ThreadKind::ControlConnection => SyscallSet::new()
-            .union(&waiting())
-            .union(&stream_io())
-            .union(&instance_lifecycle())
-            .union(&client_memory())
+            .allow(&[
+                libc::SYS_read,
+                libc::SYS_recvfrom,
+                libc::SYS_sendto,
+                libc::SYS_setsockopt,
+                libc::SYS_shutdown,
+                libc::SYS_bind,
+                libc::SYS_listen,
+                libc::SYS_connect,
+                libc::SYS_chmod,
+                libc::SYS_unlink,
+                libc::SYS_openat,
+                libc::SYS_eventfd2,
+                libc::SYS_dup,
+                libc::SYS_memfd_create,
+                libc::SYS_ftruncate,
+            ])
+            .allow_arg(libc::SYS_socket, 0, &[libc::AF_UNIX as u32])
+            .allow_arg(
+                libc::SYS_fcntl,
+                1,
+                &[
+                    libc::F_ADD_SEALS as u32,
+                    libc::F_GETFL as u32,
+                    libc::F_SETFL as u32,
+                ],
+            )
+            .allow_ioctls(&[FIONBIO, TIOCGPTN, TIOCSPTLCK])
+            .union(&file_memory())
+            .union(&stopping_interrupts())
             .union(&spawning()),
         // Waits for clients of one device and starts a thread for each.
         ThreadKind::Listener => SyscallSet::new()
-            .allow(&[libc::SYS_read])
-            .union(&waiting())
-            .union(&accepting())
+            .allow(&[libc::SYS_accept4])
+            .union(&duplicating())
+            .union(&polling())
             .union(&spawning()),
-        // Serves one vfio-user connection.
+        // Serves one vfio-user connection: messages with fds, the peer's credentials, the
+        // eventfd check through `/proc/self/fd` and its O_NONBLOCK, DMA through the client's
+        // fds, starting and stopping its interrupt thread.
         ThreadKind::Connection => SyscallSet::new()
-            .allow(&[libc::SYS_tgkill])
-            .union(&waiting())
-            .union(&stream_io())
-            .union(&client_memory())
+            .allow(&[
+                libc::SYS_recvmsg,
+                libc::SYS_sendmsg,
+                libc::SYS_getsockopt,
+                libc::SYS_readlink,
+            ])
+            .allow_arg(
+                libc::SYS_fcntl,
+                1,
+                &[libc::F_GETFL as u32, libc::F_SETFL as u32],
+            )
+            .union(&polling())
+            .union(&file_memory())
+            .union(&stopping_interrupts())
             .union(&spawning()),
         // Writes a connection's interrupt eventfds.
         ThreadKind::Interrupts => SyscallSet::new(),
-        // The host terminal: stdin, stdout, terminal attributes (raw mode off on detach).
+        // The host terminal: stdin, stdout, its attributes and size.
         ThreadKind::TerminalConsole => SyscallSet::new()
             .allow(&[libc::SYS_read, libc::SYS_openat])
-            .union(&waiting())
-            .allow_ioctls(&TERMIOS)
-            .allow_ioctls(&[TIOCGWINSZ]),
+            .allow_ioctls(&[TIOCGWINSZ])
+            .union(&polling())
+            .union(&sleeping()),
         // A console socket's listener and its one client.
         ThreadKind::SocketConsole => SyscallSet::new()
-            .union(&waiting())
-            .union(&accepting())
-            .union(&stream_io()),
+            .allow(&[
+                libc::SYS_accept4,
+                libc::SYS_recvfrom,
+                libc::SYS_sendto,
+                libc::SYS_setsockopt,
+                libc::SYS_shutdown,
+            ])
+            .union(&duplicating())
+            .union(&polling())
+            .union(&sleeping()),
         // A pseudo-terminal's master side.
-        ThreadKind::PtyConsole => SyscallSet::new().allow(&[libc::SYS_read]).union(&waiting()),
-        // A snapshot or live-view client: its device connection, PNG files, the terminal.
+        ThreadKind::PtyConsole => SyscallSet::new()
+            .allow(&[libc::SYS_read])
+            .union(&polling())
+            .union(&sleeping()),
+        // A snapshot or live-view client: region reads on its connection, PNG files written
+        // whole then renamed, the terminal (key events, size).
         ThreadKind::Viewer => SyscallSet::new()
             .allow(&[
+                libc::SYS_recvfrom,
+                libc::SYS_sendto,
+                libc::SYS_shutdown,
+                libc::SYS_read,
                 libc::SYS_openat,
-                libc::SYS_rename,
-                libc::SYS_renameat,
-                libc::SYS_unlink,
-                libc::SYS_fsync,
-                libc::SYS_fdatasync,
+                libc::SYS_statx,
                 libc::SYS_mkdir,
+                libc::SYS_rename,
+                libc::SYS_unlink,
                 libc::SYS_epoll_wait,
-                libc::SYS_epoll_pwait,
             ])
-            .union(&waiting())
-            .union(&stream_io())
-            .union(&client_memory())
-            .allow_ioctls(&TERMIOS)
-            .allow_ioctls(&[TIOCGWINSZ]),
+            .allow_ioctls(&[TIOCGWINSZ])
+            .union(&polling())
+            .union(&sleeping()),
     };
     base().union(&own)
 }

@@ -226,6 +226,8 @@ pub fn configure(policy: Policy) -> Result<(), ConfineError> {
         SeccompMode::Off => None,
         mode => {
             crate::irq::prepare_for_confinement();
+            #[cfg(target_env = "gnu")]
+            fix_malloc_arena_limit();
             #[cfg(target_arch = "x86_64")]
             trap::install_handler(mode).map_err(ConfineError::Handler)?;
             let programs = ThreadKind::ALL
@@ -237,6 +239,25 @@ pub fn configure(policy: Policy) -> Result<(), ConfineError> {
     };
     *ACTIVE.write().unwrap_or_else(PoisonError::into_inner) = installed;
     Ok(())
+}
+
+/// glibc's malloc works out its arena limit (8 per CPU) the first time a thread would make a
+/// ninth arena, by reading `/sys/devices/system/cpu/online`: an `openat` that could fall in
+/// any thread, confined or not. Setting the same limit now means no thread ever has to.
+#[cfg(target_env = "gnu")]
+fn fix_malloc_arena_limit() {
+    // SAFETY: an all-zero cpu_set_t is an empty set; sched_getaffinity fills it and reads
+    // nothing else.
+    let cpus = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            libc::CPU_COUNT(&set).max(1)
+        } else {
+            1
+        }
+    };
+    // SAFETY: mallopt only sets one of malloc's parameters.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, cpus.saturating_mul(8)) };
 }
 
 fn compile(policy: &Policy, kind: ThreadKind) -> Result<BpfProgram, ConfineError> {
