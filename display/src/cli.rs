@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
-use mdev::parent::cli::{run, DirArg, ParentCommand};
+use mdev::confine::{self, Policy, ThreadKind};
+use mdev::parent::cli::{run, DirArg, ParentCommand, SeccompArg};
 use mdev::parent::MdevDriver;
 use uuid::Uuid;
 
@@ -53,6 +54,9 @@ pub enum ViewerCommand {
         /// Output file of a single snapshot.
         #[arg(value_name = "OUT.png", required_unless_present_any = ["every", "out"])]
         out_file: Option<PathBuf>,
+        /// Confinement once connected.
+        #[command(flatten)]
+        seccomp: SeccompArg,
     },
     /// Show the instance's display live in this (truecolor) terminal; q, Esc or Ctrl-C quits.
     /// With --vnc, serve it to VNC viewers instead (view-only) until interrupted.
@@ -78,6 +82,9 @@ pub enum ViewerCommand {
         /// With --vnc: viewers served at once (more are refused).
         #[arg(long, requires = "vnc", value_name = "N", default_value_t = 16)]
         vnc_max_viewers: usize,
+        /// Confinement once connected.
+        #[command(flatten)]
+        seccomp: SeccompArg,
     },
 }
 
@@ -124,6 +131,9 @@ pub enum ViewerError {
     /// A single snapshot was asked for without an output file.
     #[error("no output file given (--out OUT.png)")]
     NoOutput,
+    /// The viewer could not be confined.
+    #[error(transparent)]
+    Confine(#[from] confine::ConfineError),
     /// Creating the output directory failed.
     #[error("{0}: {1}")]
     OutDir(PathBuf, #[source] std::io::Error),
@@ -136,6 +146,11 @@ pub enum ViewerError {
 /// process exit code.
 pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeReader>) -> i32 {
     let socket = |d: &DirArg, uuid: Uuid| d.resolve(driver_name).join(format!("{uuid}.sock"));
+    let (ViewerCommand::Snapshot { seccomp, .. } | ViewerCommand::View { seccomp, .. }) = &cmd;
+    if let Err(e) = confine::configure(Policy::new(seccomp.mode)) {
+        eprintln!("{driver_name}: confinement: {e}");
+        return 1;
+    }
     let result = match cmd {
         ViewerCommand::Snapshot {
             dir,
@@ -147,8 +162,7 @@ pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeRea
             ..
         } => {
             let out_dir = out_dir.unwrap_or_else(|| PathBuf::from("."));
-            DisplayClient::connect(&socket(&dir, uuid), reader)
-                .map_err(ViewerError::from)
+            connect_confined(&socket(&dir, uuid), reader)
                 .and_then(|mut client| {
                     let period = Duration::from_secs(secs.max(1));
                     let every = Periodic {
@@ -177,7 +191,10 @@ pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeRea
             vnc_listen_any,
             vnc_fps,
             vnc_max_viewers,
+            ..
         } => {
+            // Not confined yet: the VNC server's threads (TCP accept, viewers) have no
+            // allow-list of their own.
             let config = VncConfig {
                 name: format!("{driver_name} {uuid}"),
                 fps: vnc_fps,
@@ -190,9 +207,11 @@ pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeRea
             Err(ViewerError::NotATerminal)
         }
         ViewerCommand::View { dir, uuid, .. } => {
-            DisplayClient::connect(&socket(&dir, uuid), reader)
-                .and_then(|mut c| run_live_view(&mut c))
-                .map_err(ViewerError::from)
+            // The terminal's event source (its fd, the SIGWINCH hook) is set up before the
+            // filter goes on.
+            let _ = crossterm::event::poll(Duration::ZERO);
+            connect_confined(&socket(&dir, uuid), reader)
+                .and_then(|mut c| run_live_view(&mut c).map_err(ViewerError::from))
         }
     };
     match result {
@@ -224,13 +243,24 @@ pub fn serve_vnc(
     Ok(())
 }
 
+/// Connects to the instance on `socket`, then confines this thread as a viewer (when the
+/// process is confined).
+fn connect_confined(
+    socket: &Path,
+    reader: Box<dyn ModeReader>,
+) -> Result<DisplayClient, ViewerError> {
+    let client = DisplayClient::connect(socket, reader)?;
+    confine::try_enter(ThreadKind::Viewer)?;
+    Ok(client)
+}
+
 /// Writes one PNG of the current frame of the instance on `socket` to `out`.
 pub fn snapshot_once(
     socket: &Path,
     reader: Box<dyn ModeReader>,
     out: &Path,
 ) -> Result<(), ViewerError> {
-    let mut client = DisplayClient::connect(socket, reader)?;
+    let mut client = connect_confined(socket, reader)?;
     let frame = client.frame()?.ok_or(ViewerError::NoScanout)?;
     save_png(&frame, out)?;
     log::info!(

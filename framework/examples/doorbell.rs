@@ -8,10 +8,12 @@
 //! ```
 //!
 //! Everything protocol-shaped (sockets, messages, validation, several clients at once, the
-//! open/close hooks) is the framework's; the device only answers register accesses.
+//! open/close hooks, each thread's seccomp allow-list) is the framework's; the device only
+//! answers register accesses.
 
 use std::sync::Arc;
 
+use mdev::confine::{self, Policy, SeccompMode, ThreadKind};
 use mdev::device_set::DeviceSets;
 use mdev::parent::cli::{block_shutdown_signals, wait_for_shutdown};
 use mdev::pci::{
@@ -102,9 +104,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| String::from("/tmp/doorbell.sock"));
     block_shutdown_signals();
+    // Every thread the server starts gets its seccomp allow-list (see `mdev::confine`).
+    confine::configure(Policy::new(SeccompMode::On))?;
     let sets = DeviceSets::new();
     let handle = sets.register("doorbell", Box::new(doorbell()?), None);
     let server = DeviceServer::bind(std::path::Path::new(&path), handle)?;
+    // Start-up is done: this thread only waits for SIGINT/SIGTERM and stops the server.
+    confine::try_enter(ThreadKind::Main)?;
     wait_for_shutdown();
     server.shutdown();
     Ok(())

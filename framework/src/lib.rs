@@ -33,6 +33,14 @@
 //! eventfds on is told through `Device::connection_closed`). `open_device` runs when the
 //! first connection opens the device and `close_device` when the last one closes.
 //!
+//! ## Confinement
+//!
+//! A binary calls [`confine::configure`] once with its `--seccomp` mode; from then on every
+//! thread the framework starts (listener, connection, interrupt delivery, control) confines
+//! itself to its kind's seccomp allow-list as it starts, and the binary confines its main
+//! thread once start-up is done. A process that never configures (a test, a library user)
+//! runs unconfined.
+//!
 //! ## Lock order
 //!
 //! `DeviceSets` registry → a set's lock → a device's mutex → `Interrupts`' internal mutex.
@@ -49,6 +57,7 @@
     )
 )]
 
+pub mod confine;
 pub mod device;
 pub mod device_set;
 pub mod dma;

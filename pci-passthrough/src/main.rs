@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser, Subcommand};
 use log::{error, info, warn};
-use mdev::parent::cli::{block_shutdown_signals, parse_seconds, wait_for_shutdown};
+use mdev::confine::{self, Policy, SeccompMode, ThreadKind};
+use mdev::parent::cli::{block_shutdown_signals, parse_seconds, wait_for_shutdown, SeccompArg};
 use mdev::parent::GenerateDocs;
 use mdev::pci::CommandRegister;
 use mdev::region::{RegionFlags, CONFIG_REGION_INDEX};
@@ -18,7 +19,7 @@ use mdev::server::{ask_and_wait, DeviceServer};
 use mdev::DeviceSets;
 use pci_passthrough::host::{HostDevice, HostVfio};
 use pci_passthrough::vfio_access::VfioAccess;
-use pci_passthrough::vfio_host::VfioContainer;
+use pci_passthrough::vfio_host::{self, VfioContainer};
 use pci_passthrough::{ClientTrust, Passthrough, PassthroughDevice, PciAddress};
 
 /// Offset of the PCI command register.
@@ -57,6 +58,9 @@ enum Command {
         /// receives any host fd and every BAR is trapped.
         #[arg(long)]
         trusted_client_mmap: bool,
+        /// Confinement of every thread (VFIO ioctls by request number).
+        #[command(flatten)]
+        seccomp: SeccompArg,
         /// PCI addresses (DDDD:BB:DD.F).
         #[arg(required = true)]
         addresses: Vec<PciAddress>,
@@ -140,8 +144,11 @@ fn serve(
     addresses: &[PciAddress],
     trust: ClientTrust,
     remove_timeout: Duration,
+    seccomp: SeccompMode,
 ) -> Result<(), String> {
     block_shutdown_signals();
+    let policy = Policy::new(seccomp).with_device_syscalls(vfio_host::runtime_syscalls());
+    confine::configure(policy).map_err(|e| format!("confinement: {e}"))?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     check_access(addresses)?;
     let host = Arc::new(VfioContainer::new().map_err(|e| e.to_string())?);
@@ -163,6 +170,9 @@ fn serve(
         );
         servers.push(server);
     }
+    // Start-up is done (groups, devices and sockets are open): the main thread only waits.
+    confine::try_enter(ThreadKind::Main).map_err(|e| format!("confinement: {e}"))?;
+    info!("seccomp {seccomp}");
     wait_for_shutdown();
     stop_gracefully(servers, remove_timeout);
     Ok(())
@@ -402,6 +412,7 @@ fn main() -> ExitCode {
             dir,
             remove_timeout,
             trusted_client_mmap,
+            seccomp,
             addresses,
         } => {
             let trust = if trusted_client_mmap {
@@ -409,7 +420,7 @@ fn main() -> ExitCode {
             } else {
                 ClientTrust::ProtocolOnly
             };
-            serve(&dir, &addresses, trust, remove_timeout)
+            serve(&dir, &addresses, trust, remove_timeout, seccomp.mode)
         }
         Command::Bench {
             dir,

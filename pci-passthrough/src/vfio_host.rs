@@ -68,6 +68,25 @@ const IRQ_SET_WORDS: usize = size_of::<uapi::vfio_irq_set>() / size_of::<u32>();
 const HOT_RESET_WORDS: usize = size_of::<uapi::vfio_pci_hot_reset>() / size_of::<u32>();
 /// Size of one `vfio_pci_dependent_device` in `u32` words.
 const DEPENDENT_WORDS: usize = size_of::<uapi::vfio_pci_dependent_device>() / size_of::<u32>();
+/// The calls a served VFIO device makes after start-up (groups, container and device fds are
+/// opened before): region accesses on the device fd, and the device and container ioctls
+/// by request number. Opening groups, attaching them and choosing the IOMMU are not in it.
+pub fn runtime_syscalls() -> mdev::confine::SyscallSet {
+    mdev::confine::SyscallSet::new()
+        .allow(&[libc::SYS_pread64, libc::SYS_pwrite64])
+        .allow_ioctls(&[
+            VFIO_DEVICE_GET_INFO,
+            VFIO_DEVICE_GET_REGION_INFO,
+            VFIO_DEVICE_GET_IRQ_INFO,
+            VFIO_DEVICE_SET_IRQS,
+            VFIO_DEVICE_RESET,
+            VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
+            VFIO_DEVICE_PCI_HOT_RESET,
+            VFIO_IOMMU_MAP_DMA,
+            VFIO_IOMMU_UNMAP_DMA,
+        ])
+}
+
 /// Word index of `argsz`, the first field of every VFIO ioctl argument struct.
 const ARGSZ_WORD: usize = 0;
 /// Word indices of the fields of `vfio_irq_set`.

@@ -5,6 +5,8 @@
 //! - an interrupt round trip (a write raising MSI, the client's eventfd seen, a write lowering
 //!   it) with one and with two connections routing the vector: what per-connection delivery
 //!   threads cost;
+//! - the same round trip with the server's threads under their seccomp filters
+//!   (`mdev::confine`, as `serve` runs them by default) against unfiltered, and the ratio;
 //! - the cost of one open + close of a device in a set of 1 and in a set of 64 devices
 //!   (target: flat).
 //!
@@ -14,6 +16,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use mdev::confine::{self, Policy, SeccompMode};
 use mdev::device_set::{DeviceSetKey, DeviceSets};
 use mdev::server::DeviceServer;
 use mdev::{ConnectionId, OwnerId};
@@ -68,7 +71,7 @@ fn region_round_trips(dir: &ScratchDir) -> (f64, f64) {
         )),
         None,
     );
-    let path = dir.join("bench.sock");
+    let path = dir.join(&format!("bench-{}.sock", confine::mode()));
     let _server = DeviceServer::bind(&path, h).unwrap();
     let mut c = Client::new(&path).unwrap();
     let mut buf = [0u8; 4];
@@ -182,6 +185,21 @@ fn main() {
     let irq2 = interrupt_round_trip(&dir, 2);
     println!("interrupt round trip (raise, eventfd seen, lower), 1 connection routed: {irq1:7.2} us   {:.2}x two trapped writes", irq1 / (2.0 * write));
     println!("interrupt round trip, 2 connections routed (each its own delivery):  {irq2:7.2} us   {:.2}x one connection", irq2 / irq1);
+    // The filter's cost: servers started after `configure` confine their listener and
+    // connection threads; the client (this thread) stays unfiltered. Rounds alternate
+    // unfiltered and filtered servers and the best of each is kept, so that load from
+    // elsewhere on the machine does not pass for the filter's cost.
+    let mut best = [(f64::MAX, f64::MAX); 2];
+    for _ in 0..5 {
+        for (slot, mode) in [SeccompMode::Off, SeccompMode::On].into_iter().enumerate() {
+            confine::configure(Policy::new(mode)).expect("configure");
+            let (read, write) = region_round_trips(&dir);
+            best[slot] = (best[slot].0.min(read), best[slot].1.min(write));
+        }
+    }
+    let [(off_read, off_write), (on_read, on_write)] = best;
+    println!("trapped REGION_READ,  seccomp filter on vs off (best of 5): {on_read:7.2} us vs {off_read:6.2} us   ratio {:.3}x", on_read / off_read);
+    println!("trapped REGION_WRITE, seccomp filter on vs off (best of 5): {on_write:7.2} us vs {off_write:6.2} us   ratio {:.3}x", on_write / off_write);
     let one = open_close_cost(1);
     let many = open_close_cost(64);
     println!("open+close (first/last, hooks run) in a set of  1: {one:8.1} ns");

@@ -78,6 +78,11 @@ impl ServedParent {
             .unwrap_or_else(|e| panic!("list: {e}; the parent logged:\n{}", self.stderr()))
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+
     /// What it printed on stdout so far.
     pub fn stdout(&self) -> String {
         self.stdout

@@ -30,6 +30,12 @@ use log::debug;
 
 use signaller::{Eventfd, Signaller};
 
+/// Installs what interrupt delivery installs lazily (the wake-up signal's handler), so that a
+/// confined connection thread never has to change a signal disposition.
+pub(crate) fn prepare_for_confinement() {
+    signaller::install_wakeup_handler();
+}
+
 use crate::error::DeviceError;
 use crate::owner::ConnectionId;
 

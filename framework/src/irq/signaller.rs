@@ -128,7 +128,10 @@ impl Signaller {
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
             .name(format!("irq-{}", owner.0))
-            .spawn(move || deliver(&worker))?;
+            .spawn(move || {
+                crate::confine::enter(crate::confine::ThreadKind::Interrupts);
+                deliver(&worker)
+            })?;
         Ok(Signaller {
             inner,
             thread: Some(thread),
@@ -219,7 +222,7 @@ fn wakeup_signal() -> libc::c_int {
 
 extern "C" fn on_wakeup(_: libc::c_int) {}
 
-fn install_wakeup_handler() {
+pub(super) fn install_wakeup_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // SAFETY: an all-zero sigaction is a valid "no flags, empty mask" action; the

@@ -24,6 +24,7 @@ use super::driver::{CreateParams, MdevDriver, MdevType};
 use super::instances::InstanceInfo;
 use super::protocol::ControlError;
 pub use super::serve::{block_shutdown_signals, wait_for_shutdown};
+use crate::confine::SeccompMode;
 
 /// Default socket directory of a driver: `$XDG_RUNTIME_DIR/NAME` or `/tmp/NAME-UID`.
 pub fn default_dir(driver: &str) -> PathBuf {
@@ -100,6 +101,16 @@ impl DefsArg {
     }
 }
 
+/// `--seccomp=on|log|off`: how the threads of a process are confined (see [`crate::confine`]).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct SeccompArg {
+    /// Seccomp allow-lists on every thread: `on` kills the process (SIGSYS) on a system call
+    /// off a thread's list and logs which; `log` allows it and logs it once; `off` installs
+    /// none.
+    #[arg(long = "seccomp", env = "MDEV_SECCOMP", value_enum, default_value_t = SeccompMode::On)]
+    pub mode: SeccompMode,
+}
+
 /// The shared subcommands.
 #[derive(Subcommand, Debug, Clone)]
 pub enum ParentCommand {
@@ -121,6 +132,9 @@ pub enum ParentCommand {
         /// SIGTERM closes them at once).
         #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
         remove_timeout: Duration,
+        /// Confinement of every thread.
+        #[command(flatten)]
+        seccomp: SeccompArg,
     },
     /// List the types and how many instances each can still have.
     Types {
@@ -488,14 +502,15 @@ pub fn run(
         defs,
         create,
         remove_timeout,
+        seccomp,
     } = &cmd
     {
         return super::serve::serve(
             driver_name,
-            &dir.resolve(driver_name),
-            &defs.resolve(driver_name),
+            (&dir.resolve(driver_name), &defs.resolve(driver_name)),
             create,
             *remove_timeout,
+            seccomp.mode,
             make_driver,
         );
     }

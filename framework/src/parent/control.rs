@@ -218,6 +218,7 @@ impl ControlServer {
         let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
+                crate::confine::enter(crate::confine::ThreadKind::Control);
                 while wait_for_client(&listener, &stop2) {
                     match listener.accept() {
                         Ok((s, _)) => {
@@ -225,6 +226,9 @@ impl ControlServer {
                             let _ = std::thread::Builder::new()
                                 .name("control-conn".into())
                                 .spawn(move || {
+                                    crate::confine::enter(
+                                        crate::confine::ThreadKind::ControlConnection,
+                                    );
                                     if let Err(e) = serve_one(&service, s) {
                                         debug!("control connection ended: {e}");
                                     }

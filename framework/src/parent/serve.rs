@@ -21,6 +21,7 @@ use super::control::{ControlServer, ControlSocket};
 use super::definitions::DefinitionStore;
 use super::driver::MdevDriver;
 use super::instances::{InstanceInfo, Parent};
+use crate::confine::{self, Policy, SeccompMode, ThreadKind};
 
 /// The signals that stop `serve`.
 fn shutdown_signals() -> nix::sys::signal::SigSet {
@@ -54,10 +55,10 @@ fn announce(info: &InstanceInfo) {
 /// code.
 pub(super) fn serve(
     driver_name: &str,
-    dir: &Path,
-    defs: &Path,
+    (dir, defs): (&Path, &Path),
     create: &[String],
     remove_timeout: Duration,
+    seccomp: SeccompMode,
     make_driver: impl FnOnce() -> Arc<dyn MdevDriver>,
 ) -> i32 {
     let fail = |what: String| {
@@ -65,6 +66,9 @@ pub(super) fn serve(
         1
     };
     block_shutdown_signals();
+    if let Err(e) = confine::configure(Policy::new(seccomp)) {
+        return fail(format!("confinement: {e}"));
+    }
     let parent = match Parent::new(make_driver(), dir) {
         Ok(p) => p,
         Err(e) => return fail(format!("cannot use {}: {e}", dir.display())),
@@ -116,6 +120,13 @@ pub(super) fn serve(
         warn!("{driver_name}: passed-in socket {name} matches no instance; ignored");
     }
     info!("{driver_name}: control socket {}", control.path().display());
+    // Start-up is done: from here the main thread only waits and then stops everything.
+    if let Err(e) = confine::try_enter(ThreadKind::Main) {
+        drop(control);
+        parent.shutdown();
+        return fail(format!("confinement: {e}"));
+    }
+    info!("{driver_name}: seccomp {seccomp}");
     wait_for_shutdown();
     drop(control);
     force_on_second_signal(driver_name, parent.clone());

@@ -194,7 +194,10 @@ impl DeviceServer {
         let name = format!("accept-{}", shared.handle.name());
         let accept = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
-            .spawn(move || accept_loop(listener, stop_clone, shared2))
+            .spawn(move || {
+                crate::confine::enter(crate::confine::ThreadKind::Listener);
+                accept_loop(listener, stop_clone, shared2)
+            })
             .map_err(|e| ServerError::io("spawn accept thread", e))?;
         Ok(DeviceServer {
             path,
@@ -385,7 +388,10 @@ fn accept_loop(listener: UnixListener, stop: EventFd, shared: Arc<Shared>) {
         let s2 = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("{id}"))
-            .spawn(move || serve_connection(stream, id, s2));
+            .spawn(move || {
+                crate::confine::enter(crate::confine::ThreadKind::Connection);
+                serve_connection(stream, id, s2)
+            });
         match thread {
             Ok(t) => {
                 live.insert(

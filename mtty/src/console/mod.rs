@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use mdev::confine::{self, ThreadKind};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 /// Bytes each direction may hold between the device and a console thread.
@@ -296,13 +297,18 @@ pub fn start(
     }
 }
 
+/// Starts a console thread named `name`, confined to `kind`'s list before it runs `f`.
 pub(crate) fn spawn(
+    kind: ThreadKind,
     name: String,
     f: impl FnOnce() + Send + 'static,
 ) -> Result<JoinHandle<()>, ConsoleError> {
     std::thread::Builder::new()
         .name(name)
-        .spawn(f)
+        .spawn(move || {
+            confine::enter(kind);
+            f()
+        })
         .map_err(ConsoleError::io("spawn console thread"))
 }
 

@@ -13,6 +13,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt, PtyMaster};
 use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 
+use mdev::confine::ThreadKind;
+
 use super::{spawn, wait_readable, Console, ConsoleError, HostLink, Outgoing, POLL_INTERVAL};
 
 fn nix_err(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> ConsoleError {
@@ -46,9 +48,17 @@ pub fn start(host: HostLink, stop: Arc<AtomicBool>, name: &str) -> Result<Consol
     let label = format!("{name} pty {path}");
     let reader = {
         let (host, label) = (host.clone(), label.clone());
-        spawn(format!("{name}-pty-rx"), move || read_in(rx, &host, &label))?
+        spawn(
+            ThreadKind::PtyConsole,
+            format!("{name}-pty-rx"),
+            move || read_in(rx, &host, &label),
+        )?
     };
-    let writer = spawn(format!("{name}-pty-tx"), move || write_out(tx, &host))?;
+    let writer = spawn(
+        ThreadKind::PtyConsole,
+        format!("{name}-pty-tx"),
+        move || write_out(tx, &host),
+    )?;
     log::info!("{label}: ready");
     Ok(Console::new(
         stop,

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use mdev::confine::ThreadKind;
+
 use super::{spawn, Console, ConsoleError, HostLink, Outgoing, POLL_INTERVAL};
 
 type Current = Arc<Mutex<Option<UnixStream>>>;
@@ -48,15 +50,19 @@ pub fn start(
     let label = format!("{name} socket {}", path.display());
     let reader = {
         let (host, current, label) = (host.clone(), current.clone(), label.clone());
-        spawn(format!("{name}-sock-rx"), move || {
-            serve_clients(&listener, &host, &current, &label)
-        })?
+        spawn(
+            ThreadKind::SocketConsole,
+            format!("{name}-sock-rx"),
+            move || serve_clients(&listener, &host, &current, &label),
+        )?
     };
     let writer = {
         let (host, current) = (host.clone(), current.clone());
-        spawn(format!("{name}-sock-tx"), move || {
-            write_out(&host, &current)
-        })?
+        spawn(
+            ThreadKind::SocketConsole,
+            format!("{name}-sock-tx"),
+            move || write_out(&host, &current),
+        )?
     };
     log::info!("{label}: listening");
     let owned: PathBuf = path.to_path_buf();

@@ -9,6 +9,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 
+use mdev::confine::ThreadKind;
+
 use super::{spawn, wait_readable, Console, ConsoleError, HostLink, Outgoing};
 
 /// The byte that detaches the terminal (Ctrl-], as in telnet).
@@ -100,27 +102,35 @@ pub fn start(host: HostLink, stop: Arc<AtomicBool>, name: &str) -> Result<Consol
     let raw = Arc::new(std::sync::Mutex::new(Some(raw)));
     let reader = {
         let (host, attached, raw) = (host.clone(), attached.clone(), raw.clone());
-        spawn(format!("{name}-term-rx"), move || {
-            read_stdin(&host);
-            attached.store(false, Ordering::Release);
-            host.set_carrier(false);
-            raw.lock().unwrap_or_else(|p| p.into_inner()).take();
-            eprintln!("\r\n[mtty: terminal detached]");
-        })?
+        spawn(
+            ThreadKind::TerminalConsole,
+            format!("{name}-term-rx"),
+            move || {
+                read_stdin(&host);
+                attached.store(false, Ordering::Release);
+                host.set_carrier(false);
+                raw.lock().unwrap_or_else(|p| p.into_inner()).take();
+                eprintln!("\r\n[mtty: terminal detached]");
+            },
+        )?
     };
     let writer = {
         let attached = attached.clone();
-        spawn(format!("{name}-term-tx"), move || loop {
-            match host.next_outgoing() {
-                Outgoing::Closed => return,
-                Outgoing::Idle => {}
-                Outgoing::Bytes(b) if attached.load(Ordering::Acquire) => {
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(&b).and_then(|()| out.flush());
+        spawn(
+            ThreadKind::TerminalConsole,
+            format!("{name}-term-tx"),
+            move || loop {
+                match host.next_outgoing() {
+                    Outgoing::Closed => return,
+                    Outgoing::Idle => {}
+                    Outgoing::Bytes(b) if attached.load(Ordering::Acquire) => {
+                        let mut out = std::io::stdout().lock();
+                        let _ = out.write_all(&b).and_then(|()| out.flush());
+                    }
+                    Outgoing::Bytes(_) => {}
                 }
-                Outgoing::Bytes(_) => {}
-            }
-        })?
+            },
+        )?
     };
     eprintln!("[mtty: {name} on this terminal; Ctrl-] detaches]\r");
     Ok(Console::new(
