@@ -38,7 +38,8 @@ const TIOCSPTLCK: libc::c_ulong = libc::TIOCSPTLCK;
 const FIONBIO: libc::c_ulong = libc::FIONBIO;
 
 /// What every thread does to live, log and end: memory (never executable), futexes, signal
-/// masks and returns (the interrupt wake-up signal, the SIGSYS handler), log lines on stderr,
+/// masks and returns (the interrupt wake-up signal, the SIGSYS handler) and the kernel's
+/// restart of an interrupted call, log lines on stderr,
 /// the clock, random keys for hash maps, thread exit. And the terminal's attributes: mtty's
 /// panic hook restores a raw terminal from whichever thread panics.
 fn base() -> SyscallSet {
@@ -54,6 +55,9 @@ fn base() -> SyscallSet {
             libc::SYS_brk,
             libc::SYS_rt_sigprocmask,
             libc::SYS_rt_sigreturn,
+            // The kernel's own restart of a call a signal interrupted (a poll with a
+            // timeout, a nanosleep): whatever the call was, it was allowed.
+            libc::SYS_restart_syscall,
             libc::SYS_sigaltstack,
             libc::SYS_clock_gettime,
             libc::SYS_getrandom,
@@ -130,13 +134,16 @@ pub(super) fn own(kind: ThreadKind) -> SyscallSet {
     let own = match kind {
         // After start-up: waits for SIGINT/SIGTERM, then stops everything (closes
         // connections, joins threads, removes socket files).
+        // Once stopping, it starts one thread that waits for a second signal to force the
+        // stop; that thread keeps this list.
         ThreadKind::Main => SyscallSet::new()
             .allow(&[
                 libc::SYS_rt_sigtimedwait,
                 libc::SYS_shutdown,
                 libc::SYS_unlink,
             ])
-            .union(&stopping_interrupts()),
+            .union(&stopping_interrupts())
+            .union(&spawning()),
         // Waits for control clients and starts a thread for each.
         ThreadKind::Control => SyscallSet::new()
             .allow(&[libc::SYS_accept4])
