@@ -75,6 +75,8 @@ pub fn runtime_syscalls() -> mdev::confine::SyscallSet {
     mdev::confine::SyscallSet::new()
         .allow(&[libc::SYS_pread64, libc::SYS_pwrite64])
         .allow_ioctls(&[
+            // The device fd follows open/close: it is opened again on a first open.
+            VFIO_GROUP_GET_DEVICE_FD,
             VFIO_DEVICE_GET_INFO,
             VFIO_DEVICE_GET_REGION_INFO,
             VFIO_DEVICE_GET_IRQ_INFO,
