@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use mdev::confine::{self, Policy, SeccompMode, ThreadKind};
 use mdev::device_set::DeviceSets;
-use mdev::parent::cli::{block_shutdown_signals, wait_for_shutdown};
+use mdev::parent::{block_shutdown_signals, wait_for_shutdown};
 use mdev::pci::{
     Bar, BarKind, BarSpec, CommandRegister, InterruptLayout, PciConfig, PciDevice, PciFunction,
     PciIdentity, StatusRegister,

@@ -40,7 +40,8 @@ use seccompiler::{BpfProgram, SeccompAction};
 pub use syscalls::SyscallSet;
 
 /// What a forbidden system call does.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[repr(u8)]
 pub enum SeccompMode {
     /// A call off the thread's list is logged (thread kind and call) and kills the process

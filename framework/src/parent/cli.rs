@@ -20,10 +20,10 @@ use uuid::Uuid;
 
 use super::control::ControlClient;
 use super::definitions::{Definition, DefinitionStore};
+pub use super::driver::parse_create_spec;
 use super::driver::{CreateParams, MdevDriver, MdevType};
 use super::instances::InstanceInfo;
 use super::protocol::ControlError;
-pub use super::serve::{block_shutdown_signals, wait_for_shutdown};
 use crate::confine::SeccompMode;
 
 /// Default socket directory of a driver: `$XDG_RUNTIME_DIR/NAME` or `/tmp/NAME-UID`.
@@ -262,32 +262,6 @@ pub enum ParentCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// Parses `TYPE[,uuid=UUID][,KEY=VALUE…]`.
-pub fn parse_create_spec(spec: &str) -> Result<(String, Option<Uuid>, CreateParams), String> {
-    let mut parts = spec.split(',');
-    let type_name = parts
-        .next()
-        .filter(|t| !t.is_empty())
-        .ok_or("empty instance spec")?
-        .to_string();
-    let mut uuid = None;
-    let mut params = CreateParams::new();
-    for p in parts {
-        let (k, v) = p
-            .split_once('=')
-            .ok_or_else(|| format!("'{p}' is not KEY=VALUE"))?;
-        if k == "uuid" {
-            uuid = Some(
-                v.parse::<Uuid>()
-                    .map_err(|e| format!("bad uuid '{v}': {e}"))?,
-            );
-        } else {
-            params.insert(k.to_string(), v.to_string());
-        }
-    }
-    Ok((type_name, uuid, params))
 }
 
 fn parse_params(list: &[String]) -> Result<CreateParams, ControlError> {

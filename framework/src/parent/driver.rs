@@ -79,3 +79,29 @@ pub trait MdevDriver: Send + Sync + 'static {
         params: &CreateParams,
     ) -> Result<NewDevice, DeviceError>;
 }
+
+/// Parses `TYPE[,uuid=UUID][,KEY=VALUE…]`.
+pub fn parse_create_spec(spec: &str) -> Result<(String, Option<Uuid>, CreateParams), String> {
+    let mut parts = spec.split(',');
+    let type_name = parts
+        .next()
+        .filter(|t| !t.is_empty())
+        .ok_or("empty instance spec")?
+        .to_string();
+    let mut uuid = None;
+    let mut params = CreateParams::new();
+    for p in parts {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| format!("'{p}' is not KEY=VALUE"))?;
+        if k == "uuid" {
+            uuid = Some(
+                v.parse::<Uuid>()
+                    .map_err(|e| format!("bad uuid '{v}': {e}"))?,
+            );
+        } else {
+            params.insert(k.to_string(), v.to_string());
+        }
+    }
+    Ok((type_name, uuid, params))
+}

@@ -15,21 +15,28 @@
 
 pub mod activation;
 mod budget;
+#[cfg(feature = "cli")]
 pub mod cli;
 mod control;
 mod definitions;
 mod driver;
 mod instances;
 pub mod protocol;
+#[cfg(feature = "cli")]
 mod serve;
+#[cfg(feature = "cli")]
 mod shell_docs;
+mod signals;
 
 pub use budget::{Budget, BudgetExhausted, Reservation};
 pub use control::{control_request, ControlClient, ControlServer, ControlSocket, CONTROL_SOCKET};
 pub use definitions::{Definition, DefinitionError, DefinitionStore, Scan};
 pub use driver::{
-    refuse_params, CreateParams, MdevDriver, MdevType, NewDevice, DEVICE_API_VFIO_PCI,
+    parse_create_spec, refuse_params, CreateParams, MdevDriver, MdevType, NewDevice,
+    DEVICE_API_VFIO_PCI,
 };
 pub use instances::{BusyReason, Holder, InstanceInfo, Parent, ParentError};
 pub use protocol::{ControlError, Reply, Request};
+#[cfg(feature = "cli")]
 pub use shell_docs::{write_shell_docs, GenerateDocs, ShellDocsError};
+pub use signals::{block_shutdown_signals, wait_for_shutdown};

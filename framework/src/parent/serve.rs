@@ -16,34 +16,12 @@ use std::time::Duration;
 use log::{error, info, warn};
 
 use super::activation::Activated;
-use super::cli::parse_create_spec;
 use super::control::{ControlServer, ControlSocket};
 use super::definitions::DefinitionStore;
-use super::driver::MdevDriver;
+use super::driver::{parse_create_spec, MdevDriver};
 use super::instances::{InstanceInfo, Parent};
+use super::signals::{block_shutdown_signals, shutdown_signals, wait_for_shutdown};
 use crate::confine::{self, Policy, SeccompMode, ThreadKind};
-
-/// The signals that stop `serve`.
-fn shutdown_signals() -> nix::sys::signal::SigSet {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    set
-}
-
-/// Blocks SIGINT and SIGTERM in the calling thread (and every thread it spawns later), so
-/// [`wait_for_shutdown`] can take them synchronously.
-pub fn block_shutdown_signals() {
-    let _ = shutdown_signals().thread_block();
-}
-
-/// Waits for SIGINT or SIGTERM (blocked first with [`block_shutdown_signals`]).
-pub fn wait_for_shutdown() {
-    if let Ok(sig) = shutdown_signals().wait() {
-        info!("{sig:?} received, shutting down");
-    }
-}
 
 /// The line `serve` prints for each instance it starts: `UUID TYPE SOCKET`.
 fn announce(info: &InstanceInfo) {

@@ -10,10 +10,8 @@ pub const PCI_CAP_ID_MSI: u8 = 0x05;
 pub const PCI_CAP_ID_VNDR: u8 = 0x09;
 /// Capability ID: PCI Express.
 pub const PCI_CAP_ID_EXP: u8 = 0x10;
-/// Capability ID: MSI-X.
-pub const PCI_CAP_ID_MSIX: u8 = 0x11;
 
-/// Offset of the 16-bit control register (MSI, MSI-X) or capabilities register (PM) inside
+/// Offset of the 16-bit control register (MSI) or capabilities register (PM) inside
 /// a capability, right after the ID and next-pointer bytes.
 pub const PCI_CAP_CONTROL: usize = 2;
 
@@ -36,22 +34,6 @@ pub const MSI_ADDRESS_LO: usize = 4;
 pub const MSI_ADDRESS_LO_MASK: u32 = !0x3;
 /// Largest MSI vector count.
 pub const MSI_MAX_VECTORS: u8 = 32;
-
-// MSI-X message control bits.
-/// MSI-X control: table size minus one.
-pub const MSIX_CTRL_TABLE_SIZE_MASK: u16 = 0x07ff;
-/// MSI-X control: function mask.
-pub const MSIX_CTRL_FUNCTION_MASK: u16 = 1 << 14;
-/// MSI-X control: MSI-X enable.
-pub const MSIX_CTRL_ENABLE: u16 = 1 << 15;
-/// Offset of the MSI-X table offset/BIR dword inside the capability.
-pub const MSIX_TABLE: usize = 4;
-/// Offset of the MSI-X PBA offset/BIR dword inside the capability.
-pub const MSIX_PBA: usize = 8;
-/// Low bits of the table and PBA dwords: the BAR indicator (BIR); the rest is the offset.
-pub const MSIX_BIR_MASK: u32 = 0x7;
-/// Size of the MSI-X capability.
-pub const MSIX_CAP_LEN: usize = 12;
 
 // Power-management registers.
 /// Offset of the PM control/status register inside the capability.
@@ -168,52 +150,6 @@ impl PciCapability for MsiCapability {
     }
 }
 
-/// An MSI-X capability; the table and PBA live in BARs the device serves itself.
-#[derive(Clone, Copy, Debug)]
-pub struct MsixCapability {
-    /// Number of table entries (1..=2048).
-    pub table_size: u16,
-    /// BAR holding the table.
-    pub table_bar: u8,
-    /// Offset of the table in its BAR (8-byte aligned).
-    pub table_offset: u32,
-    /// BAR holding the pending-bit array.
-    pub pba_bar: u8,
-    /// Offset of the pending-bit array in its BAR (8-byte aligned).
-    pub pba_offset: u32,
-}
-
-impl PciCapability for MsixCapability {
-    fn id(&self) -> u8 {
-        PCI_CAP_ID_MSIX
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        let mut b = vec![0; MSIX_CAP_LEN];
-        let ctrl = self.table_size.saturating_sub(1) & MSIX_CTRL_TABLE_SIZE_MASK;
-        put16(&mut b, PCI_CAP_CONTROL, ctrl);
-        let locate =
-            |offset: u32, bar: u8| (offset & !MSIX_BIR_MASK) | (u32::from(bar) & MSIX_BIR_MASK);
-        put32(
-            &mut b,
-            MSIX_TABLE,
-            locate(self.table_offset, self.table_bar),
-        );
-        put32(&mut b, MSIX_PBA, locate(self.pba_offset, self.pba_bar));
-        b
-    }
-
-    fn write_mask(&self) -> Vec<u8> {
-        let mut m = vec![0; MSIX_CAP_LEN];
-        put16(
-            &mut m,
-            PCI_CAP_CONTROL,
-            MSIX_CTRL_ENABLE | MSIX_CTRL_FUNCTION_MASK,
-        );
-        m
-    }
-}
-
 /// A power-management capability: D0/D3hot with "no soft reset".
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PmCapability;
@@ -267,39 +203,6 @@ impl PciCapability for VendorCapability {
     fn write_mask(&self) -> Vec<u8> {
         vec![0; self.len()]
     }
-}
-
-/// The guest-programmed state of an MSI capability.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MsiState {
-    /// MSI enable.
-    pub enabled: bool,
-    /// Vectors the guest enabled (1 << MME).
-    pub vectors: u32,
-    /// The message address.
-    pub address: u64,
-    /// The message data.
-    pub data: u16,
-    /// Per-vector mask bits (0 when the capability has none).
-    pub mask: u32,
-}
-
-impl MsiState {
-    /// Whether vector `v` is masked.
-    pub fn masked(&self, v: u32) -> bool {
-        v < u32::from(MSI_MAX_VECTORS) && self.mask & (1 << v) != 0
-    }
-}
-
-/// The guest-programmed state of an MSI-X capability.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MsixState {
-    /// MSI-X enable.
-    pub enabled: bool,
-    /// Function mask: every vector masked.
-    pub function_masked: bool,
-    /// Number of table entries.
-    pub table_size: u16,
 }
 
 #[cfg(test)]
@@ -361,19 +264,5 @@ mod tests {
             body: vec![1, 2, 3],
         };
         assert_eq!(c.bytes(), vec![0, 0, 6, 1, 2, 3]);
-    }
-
-    #[test]
-    fn msix_encodes_table_size_minus_one_and_bir() {
-        let c = MsixCapability {
-            table_size: 8,
-            table_bar: 1,
-            table_offset: 0x1000,
-            pba_bar: 1,
-            pba_offset: 0x2000,
-        };
-        let b = c.bytes();
-        assert_eq!(u16::from_le_bytes([b[2], b[3]]), 7);
-        assert_eq!(u32::from_le_bytes([b[4], b[5], b[6], b[7]]), 0x1001);
     }
 }

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use mdev::confine::{self, Policy, SeccompMode, ThreadKind};
 use mdev::device_set::DeviceSets;
-use mdev::parent::cli::{block_shutdown_signals, wait_for_shutdown};
+use mdev::parent::{block_shutdown_signals, wait_for_shutdown};
 use mdev::pci::{
     Bar, BarKind, BarSpec, CommandRegister, InterruptLayout, PciConfig, PciDevice, PciFunction,
     PciIdentity, StatusRegister,

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use mdev::device_set::DeviceSets;
-use mdev::parent::cli::{block_shutdown_signals, wait_for_shutdown};
+use mdev::parent::{block_shutdown_signals, wait_for_shutdown};
 use mdev::server::DeviceServer;
 use mdev_display::{display_device, DisplayModel, Framebuffer, Mode};
 use mdpy::device::mdpy_config;
