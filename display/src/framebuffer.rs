@@ -5,7 +5,7 @@
 use std::io;
 use std::sync::Arc;
 
-use mdev::pci::{Bar, BarKind, BarSpec};
+use mdev::pci::{Bar, BarSpec};
 use mdev::SharedMemory;
 
 /// A display's framebuffer memory.
@@ -45,12 +45,11 @@ impl Framebuffer {
 
     /// BAR `index` backed by this memory: 32-bit, prefetchable, as large as the memory.
     pub fn bar(&self, index: u8) -> Bar {
-        let spec = BarSpec {
-            size: self.len(),
-            kind: BarKind::Memory32,
-            prefetchable: true,
-        };
-        Bar::memory(index, spec, self.memory.clone())
+        Bar::memory(
+            index,
+            BarSpec::prefetchable(self.len(), false),
+            self.memory.clone(),
+        )
     }
 }
 

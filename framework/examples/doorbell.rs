@@ -16,10 +16,7 @@ use std::sync::Arc;
 use mdev::confine::{self, Policy, SeccompMode, ThreadKind};
 use mdev::device_set::DeviceSets;
 use mdev::parent::{block_shutdown_signals, wait_for_shutdown};
-use mdev::pci::{
-    Bar, BarKind, BarSpec, CommandRegister, InterruptLayout, PciConfig, PciDevice, PciFunction,
-    PciIdentity, StatusRegister,
-};
+use mdev::pci::{Bar, BarSpec, InterruptLayout, PciConfig, PciDevice, PciFunction, PciIdentity};
 use mdev::server::DeviceServer;
 use mdev::Interrupts;
 
@@ -67,24 +64,9 @@ impl PciFunction for Doorbell {
 
 /// The doorbell's PCI function: identity, one 4 KiB trapped BAR, INTx and one MSI vector.
 pub(crate) fn doorbell() -> Result<PciDevice<Doorbell>, mdev::pci::FunctionError> {
-    let config = PciConfig::new(&PciIdentity {
-        vendor_id: 0x1b36, // Red Hat's QEMU range, as the kernel samples use
-        device_id: 0x00ee,
-        subsystem_vendor_id: 0x1b36,
-        subsystem_id: 0x00ee,
-        revision: 1,
-        class: 0xff,
-        subclass: 0,
-        prog_if: 0,
-        interrupt_pin: 1,
-        command: CommandRegister::empty(),
-        status: StatusRegister::empty(),
-    });
-    let bar0 = BarSpec {
-        size: 4096,
-        kind: BarKind::Memory32,
-        prefetchable: false,
-    };
+    // Red Hat's QEMU vendor range, as the kernel samples use; INTA.
+    let config = PciConfig::new(&PciIdentity::new(0x1b36, 0x00ee));
+    let bar0 = BarSpec::memory32(4096);
     let irqs = InterruptLayout {
         intx: true,
         msi_vectors: 1,

@@ -2,7 +2,7 @@
 //! window, assembled on the shared display function.
 
 use mdev::parent::Reservation;
-use mdev::pci::{Bar, BarKind, BarSpec, PciConfig};
+use mdev::pci::{Bar, BarSpec, PciConfig};
 use mdev::DeviceError;
 use mdev_display::device::display_config;
 use mdev_display::{display_device, DisplayDevice, DisplayModel, Framebuffer, Mode};
@@ -31,14 +31,7 @@ pub struct Mbochs {
 
 impl DisplayModel for Mbochs {
     fn register_bar(&self) -> Option<Bar> {
-        Some(Bar::trapped(
-            MMIO_BAR,
-            BarSpec {
-                size: MMIO_BAR_SIZE,
-                kind: BarKind::Memory32,
-                prefetchable: false,
-            },
-        ))
+        Some(Bar::trapped(MMIO_BAR, BarSpec::memory32(MMIO_BAR_SIZE)))
     }
 
     fn read_registers(&mut self, offset: u64, data: &mut [u8]) {

@@ -6,8 +6,8 @@ use std::sync::{Arc, Weak};
 
 use mdev::parent::Reservation;
 use mdev::pci::{
-    Bar, BarKind, BarSpec, CommandRegister, InterruptLayout, PciConfig, PciDevice, PciFunction,
-    PciIdentity, StatusRegister, PCI_NUM_BARS,
+    Bar, BarSpec, CommandRegister, InterruptLayout, PciConfig, PciDevice, PciFunction, PciIdentity,
+    StatusRegister, PCI_NUM_BARS,
 };
 use mdev::{DeviceError, Interrupts, SetContext};
 
@@ -52,16 +52,7 @@ pub fn mtty_config() -> PciConfig {
 fn port_bars(ports: usize) -> Vec<Bar> {
     (0..ports.min(PCI_NUM_BARS))
         .filter_map(|i| u8::try_from(i).ok())
-        .map(|i| {
-            Bar::trapped(
-                i,
-                BarSpec {
-                    size: PORT_BAR_SIZE,
-                    kind: BarKind::Io,
-                    prefetchable: false,
-                },
-            )
-        })
+        .map(|i| Bar::trapped(i, BarSpec::io(PORT_BAR_SIZE)))
         .collect()
 }
 

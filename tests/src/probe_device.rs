@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mdev::pci::{
-    Bar, BarKind, BarSpec, CommandRegister, InterruptLayout, MsiCapability, PciConfig, PciDevice,
-    PciFunction, PciIdentity, StatusRegister,
+    Bar, BarSpec, InterruptLayout, MsiCapability, PciConfig, PciDevice, PciFunction, PciIdentity,
 };
 use mdev::{DeviceError, Interrupts, SetContext, SharedMemory};
 
@@ -152,17 +151,8 @@ impl ProbeDevice {
     #[allow(clippy::new_ret_no_self)]
     pub fn new(name: &str, log: HookLog, opts: ProbeOptions) -> PciDevice<ProbeDevice> {
         let mut config = PciConfig::new(&PciIdentity {
-            vendor_id: PROBE_VENDOR,
-            device_id: PROBE_DEVICE,
-            subsystem_vendor_id: PROBE_VENDOR,
             subsystem_id: 1,
-            revision: 1,
-            class: 0xff,
-            subclass: 0,
-            prog_if: 0,
-            interrupt_pin: 1,
-            command: CommandRegister::empty(),
-            status: StatusRegister::empty(),
+            ..PciIdentity::new(PROBE_VENDOR, PROBE_DEVICE)
         });
         config
             .add_capability(&MsiCapability {
@@ -173,31 +163,9 @@ impl ProbeDevice {
             .expect("msi");
         let mem = Arc::new(SharedMemory::new(name, MEM_BAR_SIZE as usize).expect("memfd"));
         let bars = vec![
-            Bar::trapped(
-                0,
-                BarSpec {
-                    size: REG_BAR_SIZE,
-                    kind: BarKind::Memory32,
-                    prefetchable: false,
-                },
-            ),
-            Bar::memory(
-                2,
-                BarSpec {
-                    size: MEM_BAR_SIZE,
-                    kind: BarKind::Memory64,
-                    prefetchable: true,
-                },
-                mem,
-            ),
-            Bar::trapped(
-                4,
-                BarSpec {
-                    size: 16,
-                    kind: BarKind::Io,
-                    prefetchable: false,
-                },
-            ),
+            Bar::trapped(0, BarSpec::memory32(REG_BAR_SIZE)),
+            Bar::memory(2, BarSpec::prefetchable(MEM_BAR_SIZE, true), mem),
+            Bar::trapped(4, BarSpec::io(16)),
         ];
         let irqs = InterruptLayout {
             intx: true,

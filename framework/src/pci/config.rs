@@ -164,6 +164,27 @@ pub struct PciIdentity {
     pub status: StatusRegister,
 }
 
+impl PciIdentity {
+    /// `vendor_id`:`device_id` (the same pair as subsystem IDs), revision 1, class 0xff (a
+    /// device that fits no defined class), INTA, command and status clear at reset. Set the
+    /// other fields with struct update syntax.
+    pub const fn new(vendor_id: u16, device_id: u16) -> Self {
+        PciIdentity {
+            vendor_id,
+            device_id,
+            subsystem_vendor_id: vendor_id,
+            subsystem_id: device_id,
+            revision: 1,
+            class: 0xff,
+            subclass: 0,
+            prog_if: 0,
+            interrupt_pin: 1,
+            command: CommandRegister::empty(),
+            status: StatusRegister::empty(),
+        }
+    }
+}
+
 /// The address-space kind of a BAR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BarKind {
@@ -184,6 +205,39 @@ pub struct BarSpec {
     pub kind: BarKind,
     /// Prefetchable (memory BARs only).
     pub prefetchable: bool,
+}
+
+impl BarSpec {
+    /// A non-prefetchable 32-bit memory BAR of `size` bytes.
+    pub const fn memory32(size: u64) -> Self {
+        BarSpec {
+            size,
+            kind: BarKind::Memory32,
+            prefetchable: false,
+        }
+    }
+
+    /// A prefetchable memory BAR of `size` bytes, 64-bit when `wide`.
+    pub const fn prefetchable(size: u64, wide: bool) -> Self {
+        BarSpec {
+            size,
+            kind: if wide {
+                BarKind::Memory64
+            } else {
+                BarKind::Memory32
+            },
+            prefetchable: true,
+        }
+    }
+
+    /// An I/O BAR of `size` bytes.
+    pub const fn io(size: u64) -> Self {
+        BarSpec {
+            size,
+            kind: BarKind::Io,
+            prefetchable: false,
+        }
+    }
 }
 
 /// A configuration the device's description breaks.

@@ -298,7 +298,7 @@ impl<F: PciFunction> Device for PciDevice<F> {
 mod tests {
     use super::*;
     use crate::irq::IrqIndex;
-    use crate::pci::{BarKind, CommandRegister, PciIdentity, StatusRegister, PCI_STATUS};
+    use crate::pci::{PciIdentity, StatusRegister, PCI_STATUS};
     use crate::region::RegionFlags;
 
     struct Bell {
@@ -322,35 +322,14 @@ mod tests {
         }
     }
 
-    fn identity() -> PciIdentity {
-        PciIdentity {
-            vendor_id: 0x1234,
-            device_id: 0x5678,
-            subsystem_vendor_id: 0,
-            subsystem_id: 0,
-            revision: 0,
-            class: 0xff,
-            subclass: 0,
-            prog_if: 0,
-            interrupt_pin: 1,
-            command: CommandRegister::empty(),
-            status: StatusRegister::empty(),
-        }
-    }
-
-    fn spec(size: u64) -> BarSpec {
-        BarSpec {
-            size,
-            kind: BarKind::Memory32,
-            prefetchable: false,
-        }
-    }
-
     fn device() -> PciDevice<Bell> {
         let mem = Arc::new(SharedMemory::new("fn-test", 8192).unwrap());
         PciDevice::new(
-            PciConfig::new(&identity()),
-            vec![Bar::trapped(0, spec(4096)), Bar::memory(2, spec(8192), mem)],
+            PciConfig::new(&PciIdentity::new(0x1234, 0x5678)),
+            vec![
+                Bar::trapped(0, BarSpec::memory32(4096)),
+                Bar::memory(2, BarSpec::memory32(8192), mem),
+            ],
             InterruptLayout {
                 intx: true,
                 msi_vectors: 1,
@@ -413,8 +392,8 @@ mod tests {
     fn a_memory_bar_must_be_as_large_as_its_memory() {
         let mem = Arc::new(SharedMemory::new("fn-small", 4096).unwrap());
         let r = PciDevice::new(
-            PciConfig::new(&identity()),
-            vec![Bar::memory(0, spec(8192), mem)],
+            PciConfig::new(&PciIdentity::new(0x1234, 0x5678)),
+            vec![Bar::memory(0, BarSpec::memory32(8192), mem)],
             InterruptLayout::default(),
             |irqs| {
                 Ok(Bell {

@@ -14,10 +14,7 @@ use std::process::ExitCode;
 use mdev::confine::{self, Policy, SeccompMode, ThreadKind};
 use mdev::device_set::DeviceSets;
 use mdev::parent::{block_shutdown_signals, wait_for_shutdown};
-use mdev::pci::{
-    Bar, BarKind, BarSpec, CommandRegister, InterruptLayout, PciConfig, PciDevice, PciFunction,
-    PciIdentity, StatusRegister,
-};
+use mdev::pci::{Bar, BarSpec, InterruptLayout, PciConfig, PciDevice, PciFunction, PciIdentity};
 use mdev::server::DeviceServer;
 
 /// BAR0 register: a write makes the forbidden call; a read says how it went.
@@ -63,23 +60,10 @@ impl PciFunction for Probe {
 
 fn probe() -> Result<PciDevice<Probe>, mdev::pci::FunctionError> {
     let config = PciConfig::new(&PciIdentity {
-        vendor_id: 0x1b36,
-        device_id: 0x00ef,
-        subsystem_vendor_id: 0x1b36,
-        subsystem_id: 0x00ef,
-        revision: 1,
-        class: 0xff,
-        subclass: 0,
-        prog_if: 0,
         interrupt_pin: 0,
-        command: CommandRegister::empty(),
-        status: StatusRegister::empty(),
+        ..PciIdentity::new(0x1b36, 0x00ef)
     });
-    let bar0 = BarSpec {
-        size: 4096,
-        kind: BarKind::Memory32,
-        prefetchable: false,
-    };
+    let bar0 = BarSpec::memory32(4096);
     let irqs = InterruptLayout {
         intx: false,
         msi_vectors: 0,
