@@ -16,17 +16,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mbochs::dispi::{
-    DispiEnable, INDEX_BPP, INDEX_ENABLE, INDEX_VIRT_HEIGHT, INDEX_VIRT_WIDTH, INDEX_XRES,
-    INDEX_X_OFFSET, INDEX_YRES, INDEX_Y_OFFSET,
-};
-use mbochs::mmio::DISPI_OFFSET;
 use mbochs::{DispiModeReader, MbochsDriver};
-use mdev::region::BAR2_REGION_INDEX;
 use mdev_display::rfb::{Picture, Session, Successor};
 use mdev_display::testing::map_framebuffer_rw;
 use mdev_display::vnc::{self, VncConfig, VncServer};
 use mdev_display::{DisplayClient, Mode, PixelFormat};
+use mdev_tests::bochs_guest::set_mode;
 use mdev_tests::rfb_client::{RfbClient, DESKTOP_SIZE, ZRLE};
 use mdev_tests::ParentHarness;
 use vfio_user::Client;
@@ -191,39 +186,11 @@ fn one_text_line() {
     }
 }
 
-fn dispi_write(c: &mut Client, index: usize, value: u16) {
-    c.region_write(
-        BAR2_REGION_INDEX,
-        DISPI_OFFSET + 2 * index as u64,
-        &value.to_le_bytes(),
-    )
-    .expect("dispi write");
-}
-
-fn set_mode(c: &mut Client, xres: u16, yres: u16) {
-    for (i, v) in [
-        (INDEX_ENABLE, 0),
-        (INDEX_BPP, 32),
-        (INDEX_XRES, xres),
-        (INDEX_YRES, yres),
-        (INDEX_VIRT_WIDTH, xres),
-        (INDEX_VIRT_HEIGHT, yres),
-        (INDEX_X_OFFSET, 0),
-        (INDEX_Y_OFFSET, 0),
-        (
-            INDEX_ENABLE,
-            (DispiEnable::ENABLED | DispiEnable::LFB_ENABLED).bits(),
-        ),
-    ] {
-        dispi_write(c, i, v);
-    }
-}
-
 fn scrolling(fps: u32) {
     let h = ParentHarness::new(MbochsDriver::new(256), "bench-vnc");
     let socket = h.socket("large");
     let mut guest = Client::new(&socket).expect("guest");
-    set_mode(&mut guest, W as u16, H as u16);
+    set_mode(&mut guest, W as u16, H as u16, 32);
     let mut fb = map_framebuffer_rw(&guest).expect("map");
     let screen = (W * H * 4) as usize;
     fb[..screen].copy_from_slice(&console());

@@ -2,6 +2,7 @@
 //! recorded, a scratch directory, and a raw vfio-user client for sending malformed messages
 //! that a well-behaved client never would.
 
+pub mod bochs_guest;
 pub mod parent_harness;
 pub mod probe_device;
 pub mod pty;

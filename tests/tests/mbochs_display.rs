@@ -5,8 +5,7 @@
 use std::path::Path;
 
 use mbochs::dispi::{
-    DispiEnable, DISPI_ID5, INDEX_BPP, INDEX_ENABLE, INDEX_ID, INDEX_VIDEO_MEMORY_64K,
-    INDEX_VIRT_HEIGHT, INDEX_VIRT_WIDTH, INDEX_XRES, INDEX_X_OFFSET, INDEX_YRES, INDEX_Y_OFFSET,
+    DISPI_ID5, INDEX_ID, INDEX_VIDEO_MEMORY_64K, INDEX_VIRT_WIDTH, INDEX_XRES, INDEX_Y_OFFSET,
 };
 use mbochs::edid::{parse_edid, EDID_BLOCK_LEN};
 use mbochs::mmio::{
@@ -20,6 +19,7 @@ use mdev::Device;
 use mdev_display::cli::snapshot_once;
 use mdev_display::testing::{draw_pattern, expected_rgb, map_framebuffer_rw};
 use mdev_display::{DisplayClient, Mode, PixelFormat};
+use mdev_tests::bochs_guest::{dispi_read, dispi_write, set_mode};
 use mdev_tests::{wait_until, ParentHarness, RawClient};
 use vfio_user::Client;
 
@@ -28,40 +28,6 @@ type Harness = ParentHarness<MbochsDriver>;
 /// A parent for the driver with the given budget.
 fn harness(budget: u64) -> Harness {
     ParentHarness::new(MbochsDriver::new(budget), "mbochs-test")
-}
-
-fn dispi_write(c: &mut Client, index: usize, value: u16) {
-    c.region_write(
-        BAR2_REGION_INDEX,
-        DISPI_OFFSET + 2 * index as u64,
-        &value.to_le_bytes(),
-    )
-    .expect("dispi write");
-}
-
-fn dispi_read(c: &mut Client, index: usize) -> u16 {
-    let mut b = [0u8; 2];
-    c.region_read(BAR2_REGION_INDEX, DISPI_OFFSET + 2 * index as u64, &mut b)
-        .expect("dispi read");
-    u16::from_le_bytes(b)
-}
-
-/// Programs a mode the way Linux's bochs driver does (bochs_hw_setmode + setbase).
-fn set_mode(c: &mut Client, xres: u16, yres: u16, bpp: u16) {
-    dispi_write(c, INDEX_ENABLE, 0);
-    dispi_write(c, INDEX_BPP, bpp);
-    dispi_write(c, INDEX_XRES, xres);
-    dispi_write(c, INDEX_YRES, yres);
-    dispi_write(c, mbochs::dispi::INDEX_BANK, 0);
-    dispi_write(c, INDEX_VIRT_WIDTH, xres);
-    dispi_write(c, INDEX_VIRT_HEIGHT, yres);
-    dispi_write(c, INDEX_X_OFFSET, 0);
-    dispi_write(c, INDEX_Y_OFFSET, 0);
-    dispi_write(
-        c,
-        INDEX_ENABLE,
-        (DispiEnable::ENABLED | DispiEnable::LFB_ENABLED).bits(),
-    );
 }
 
 fn snapshot(socket: &Path, dir: &Path, name: &str) -> image::RgbImage {

@@ -10,17 +10,12 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use mbochs::dispi::{
-    DispiEnable, INDEX_BPP, INDEX_ENABLE, INDEX_VIRT_HEIGHT, INDEX_VIRT_WIDTH, INDEX_XRES,
-    INDEX_X_OFFSET, INDEX_YRES, INDEX_Y_OFFSET,
-};
-use mbochs::mmio::DISPI_OFFSET;
 use mbochs::{DispiModeReader, MbochsDriver};
-use mdev::region::BAR2_REGION_INDEX;
 use mdev_display::cli::snapshot_once;
 use mdev_display::testing::{draw_pattern, expected_rgb, map_framebuffer_rw};
 use mdev_display::vnc::{self, VncConfig, VncServer};
 use mdev_display::{DisplayClient, Mode, ModeReader, PixelFormat};
+use mdev_tests::bochs_guest::set_mode;
 use mdev_tests::ParentHarness;
 use mdpy::{ConfigModeReader, MdpyDriver};
 use vfio_user::Client;
@@ -140,31 +135,6 @@ fn vncdotool_captures_mdpy_colour_bars_exactly_as_the_snapshot() {
             "{encoding}/{pixels}: vncdotool's capture differs from the snapshot"
         );
     }
-}
-
-fn dispi_write(c: &mut Client, index: usize, value: u16) {
-    c.region_write(
-        BAR2_REGION_INDEX,
-        DISPI_OFFSET + 2 * index as u64,
-        &value.to_le_bytes(),
-    )
-    .expect("dispi write");
-}
-
-fn set_mode(c: &mut Client, xres: u16, yres: u16, bpp: u16) {
-    dispi_write(c, INDEX_ENABLE, 0);
-    dispi_write(c, INDEX_BPP, bpp);
-    dispi_write(c, INDEX_XRES, xres);
-    dispi_write(c, INDEX_YRES, yres);
-    dispi_write(c, INDEX_VIRT_WIDTH, xres);
-    dispi_write(c, INDEX_VIRT_HEIGHT, yres);
-    dispi_write(c, INDEX_X_OFFSET, 0);
-    dispi_write(c, INDEX_Y_OFFSET, 0);
-    dispi_write(
-        c,
-        INDEX_ENABLE,
-        (DispiEnable::ENABLED | DispiEnable::LFB_ENABLED).bits(),
-    );
 }
 
 #[test]
