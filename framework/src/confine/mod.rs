@@ -13,6 +13,10 @@
 //!  kind's list includes the lists of the kinds it starts; see `lists.rs`):
 //!    main ─► control ─► control-connection ─► listener ─► connection ─► interrupts
 //!                                           └► terminal / socket / pty console
+//!
+//!  thread tree of `view --vnc` (main confines itself once bound, connected and started):
+//!    main ─► vnc-poller
+//!         └► vnc-listener ─► vnc-session
 //! ```
 //!
 //! [`SeccompMode`] `On` (the default of every binary) traps a call off the list: the SIGSYS
@@ -89,11 +93,21 @@ pub enum ThreadKind {
     PtyConsole,
     /// A snapshot or live-view client of a display.
     Viewer,
+    /// The main thread of a VNC viewer (`view --vnc`) once serving: waits for the capture
+    /// thread, then stops the listener and the sessions.
+    VncMain,
+    /// Captures the display of a VNC viewer: region reads on its vfio-user connection, copies
+    /// out of the mapped framebuffer.
+    VncPoller,
+    /// Accepts the TCP connections of VNC clients and starts a session thread for each.
+    VncListener,
+    /// Serves one VNC client: RFB messages in, encoded updates out.
+    VncSession,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 10] = [
+    pub const ALL: [ThreadKind; 14] = [
         ThreadKind::Main,
         ThreadKind::Control,
         ThreadKind::ControlConnection,
@@ -104,6 +118,10 @@ impl ThreadKind {
         ThreadKind::SocketConsole,
         ThreadKind::PtyConsole,
         ThreadKind::Viewer,
+        ThreadKind::VncMain,
+        ThreadKind::VncPoller,
+        ThreadKind::VncListener,
+        ThreadKind::VncSession,
     ];
 
     /// The name the log uses.
@@ -119,6 +137,10 @@ impl ThreadKind {
             ThreadKind::SocketConsole => "socket-console",
             ThreadKind::PtyConsole => "pty-console",
             ThreadKind::Viewer => "viewer",
+            ThreadKind::VncMain => "vnc-main",
+            ThreadKind::VncPoller => "vnc-poller",
+            ThreadKind::VncListener => "vnc-listener",
+            ThreadKind::VncSession => "vnc-session",
         }
     }
 
