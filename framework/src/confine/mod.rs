@@ -250,6 +250,8 @@ pub fn configure(policy: Policy) -> Result<(), ConfineError> {
             crate::irq::prepare_for_confinement();
             #[cfg(target_env = "gnu")]
             fix_malloc_arena_limit();
+            #[cfg(target_env = "gnu")]
+            settle_malloc_heap_shrinking();
             #[cfg(target_arch = "x86_64")]
             trap::install_handler(mode).map_err(ConfineError::Handler)?;
             let programs = ThreadKind::ALL
@@ -280,6 +282,33 @@ fn fix_malloc_arena_limit() {
     };
     // SAFETY: mallopt only sets one of malloc's parameters.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, cpus.saturating_mul(8)) };
+}
+
+/// glibc's malloc, the first time a thread's arena (any but the main one) gives back memory
+/// at the top of its heap, reads `/proc/sys/vm/overcommit_memory` to choose how: an `openat`
+/// no list has, in whichever thread frees then (a VNC session after a large update, say). The
+/// answer is kept for the process, so a short-lived thread that frees two megabytes of small
+/// blocks now (each block below the mmap threshold, so they come from its arena's heap and
+/// merge into its top when freed) has that read made before any filter is on.
+#[cfg(target_env = "gnu")]
+fn settle_malloc_heap_shrinking() {
+    const BLOCK: usize = 64 * 1024;
+    const BLOCKS: usize = 32;
+    let settle = || {
+        let blocks: Vec<Vec<u8>> = (0..BLOCKS)
+            .map(|_| std::hint::black_box(Vec::with_capacity(BLOCK)))
+            .collect();
+        drop(std::hint::black_box(blocks));
+    };
+    match std::thread::Builder::new()
+        .name("malloc-settle".into())
+        .spawn(settle)
+    {
+        Ok(thread) => {
+            let _ = thread.join();
+        }
+        Err(e) => log::warn!("confinement: no thread to settle malloc with: {e}"),
+    }
 }
 
 fn compile(policy: &Policy, kind: ThreadKind) -> Result<BpfProgram, ConfineError> {
