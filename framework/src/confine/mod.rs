@@ -476,6 +476,48 @@ mod tests {
     }
 
     #[test]
+    fn vnc_threads_open_no_file_and_make_no_socket() {
+        // The VNC kinds face the network: the listener is bound and the display mapped
+        // before any of them confines itself.
+        let policy = Policy::new(SeccompMode::On);
+        for kind in [
+            ThreadKind::VncMain,
+            ThreadKind::VncPoller,
+            ThreadKind::VncListener,
+            ThreadKind::VncSession,
+        ] {
+            let set = policy.allowed(kind);
+            for nr in [
+                libc::SYS_socket,
+                libc::SYS_bind,
+                libc::SYS_listen,
+                libc::SYS_connect,
+                libc::SYS_open,
+                libc::SYS_openat,
+                libc::SYS_memfd_create,
+                libc::SYS_sendmsg,
+                libc::SYS_recvmsg,
+            ] {
+                assert!(
+                    !set.contains(nr),
+                    "{kind} allows {}",
+                    trap::syscall_name(nr)
+                );
+            }
+            assert!(
+                !set.allows_any_arguments(libc::SYS_setsockopt),
+                "{kind}: setsockopt by level and option"
+            );
+        }
+        assert!(
+            policy
+                .allowed(ThreadKind::VncSession)
+                .is_subset_of(&policy.allowed(ThreadKind::VncListener)),
+            "the listener starts the sessions"
+        );
+    }
+
+    #[test]
     fn every_kind_compiles_in_every_mode() {
         for mode in [SeccompMode::On, SeccompMode::Log] {
             let policy = Policy::new(mode);
