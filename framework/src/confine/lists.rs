@@ -254,7 +254,7 @@ pub(super) fn own(kind: ThreadKind) -> SyscallSet {
             .union(&polling())
             .union(&sleeping()),
         // The VNC viewer (`view --vnc`); its TCP listener is bound before any thread confines
-        // itself, so no VNC kind opens a socket, a file or a mapping of its own.
+        // itself, so no VNC kind opens a socket or a file.
         //
         // Main, once serving: waits for the poller (the display went away), then shuts the
         // sessions' sockets and wakes the threads to stop them.
