@@ -193,8 +193,6 @@ pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeRea
             vnc_max_viewers,
             ..
         } => {
-            // Not confined yet: the VNC server's threads (TCP accept, viewers) have no
-            // allow-list of their own.
             let config = VncConfig {
                 name: format!("{driver_name} {uuid}"),
                 fps: vnc_fps,
@@ -225,7 +223,9 @@ pub fn run_viewer(driver_name: &str, cmd: ViewerCommand, reader: Box<dyn ModeRea
 
 /// Serves the instance on `socket` to VNC viewers on `listen` (a loopback address unless
 /// `listen_any`) until the instance can no longer be read. Prints `listening on ADDR:PORT`
-/// on standard output once bound.
+/// on standard output once bound. In a confined process the server's threads confine
+/// themselves as they start, and this thread once the server runs (bound, connected,
+/// started).
 pub fn serve_vnc(
     socket: &Path,
     reader: Box<dyn ModeReader>,
@@ -239,6 +239,7 @@ pub fn serve_vnc(
     let mut out = std::io::stdout();
     let _ = writeln!(out, "listening on {}", server.local_addr());
     let _ = out.flush();
+    confine::try_enter(ThreadKind::VncMain)?;
     server.wait()?;
     Ok(())
 }

@@ -61,3 +61,8 @@ fn every_mbochs_corpus_file_keeps_the_invariants() {
 fn every_mdpy_corpus_file_keeps_the_invariants() {
     replay("mdpy");
 }
+
+#[test]
+fn every_rfb_corpus_file_keeps_the_invariants() {
+    replay("rfb");
+}

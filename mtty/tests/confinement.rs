@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use mdev::parent::ControlClient;
-use mdev_tests::{wait_until, ScratchDir, ServedParent};
+use mdev_tests::{threads, wait_until, ScratchDir, ServedParent, ThreadStatus};
 use mtty::device::VENDOR_ID;
 use vfio_user::Client;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -17,33 +17,6 @@ const MTTY: &str = env!("CARGO_BIN_EXE_mtty");
 const DATA_EVENTFD_TRIGGER: u32 = 0x24;
 /// IRQ index of MSI.
 const MSI: u32 = 1;
-
-/// One thread of a process: its name and its `Seccomp:` mode.
-#[derive(Debug)]
-struct ThreadStatus {
-    name: String,
-    seccomp: Option<u8>,
-}
-
-fn threads(pid: u32) -> Vec<ThreadStatus> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir");
-    tasks
-        .filter_map(Result::ok)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-        .map(|status| {
-            let field = |key: &str| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(key))
-                    .map(|v| v.trim().to_string())
-            };
-            ThreadStatus {
-                name: field("Name:").unwrap_or_default(),
-                seccomp: field("Seccomp:").and_then(|v| v.parse().ok()),
-            }
-        })
-        .collect()
-}
 
 fn serve(dir: &Path, args: &[&str]) -> ServedParent {
     let mut cmd = Command::new(MTTY);

@@ -10,12 +10,14 @@ pub mod raw_client;
 pub mod rfb_client;
 pub mod scratch;
 pub mod served_parent;
+pub mod thread_status;
 
 pub use parent_harness::ParentHarness;
 pub use probe_device::{HookEvent, HookLog, ProbeDevice, ProbeOptions, Rendezvous};
 pub use raw_client::RawClient;
 pub use scratch::ScratchDir;
 pub use served_parent::ServedParent;
+pub use thread_status::{threads, ThreadStatus};
 
 /// Installs a test logger once (honours RUST_LOG).
 pub fn init_logging() {

@@ -1,5 +1,7 @@
 //! The server: a listener thread that admits viewers (one thread each) and a poller thread
-//! that captures frames into the store while anyone watches.
+//! that captures frames into the store while anyone watches. In a confined process
+//! ([`mdev::confine`]) each thread enters its kind first thing (`vnc-listener`,
+//! `vnc-session`, `vnc-poller`); elsewhere (tests, benches) that does nothing.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -8,6 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use mdev::confine::{self, ThreadKind};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
@@ -50,14 +53,20 @@ impl VncServer {
             let interval = Duration::from_secs(1) / config.fps.max(1);
             std::thread::Builder::new()
                 .name("vnc-poller".into())
-                .spawn(move || poll_frames(source, &store, interval))
+                .spawn(move || {
+                    confine::enter(ThreadKind::VncPoller);
+                    poll_frames(source, &store, interval)
+                })
                 .map_err(VncError::Setup)?
         };
         let acceptor = {
             let (store, stop) = (store.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("vnc-listener".into())
-                .spawn(move || accept_viewers(&listener, &store, &stop, &config))
+                .spawn(move || {
+                    confine::enter(ThreadKind::VncListener);
+                    accept_viewers(&listener, &store, &stop, &config)
+                })
                 .map_err(VncError::Setup)?
         };
         log::info!("vnc: serving on {addr} (view-only)");
@@ -239,6 +248,7 @@ fn accept_viewers(
         let spawned = std::thread::Builder::new()
             .name(format!("vnc-viewer-{seq}"))
             .spawn(move || {
+                confine::enter(ThreadKind::VncSession);
                 let mut sent = Sent::default();
                 let result = viewer.serve(&config, &mut sent);
                 let how = match &result {

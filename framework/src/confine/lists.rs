@@ -253,8 +253,59 @@ pub(super) fn own(kind: ThreadKind) -> SyscallSet {
             .allow_ioctls(&[TIOCGWINSZ])
             .union(&polling())
             .union(&sleeping()),
+        // The VNC viewer (`view --vnc`); its TCP listener is bound before any thread confines
+        // itself, so no VNC kind opens a socket or a file.
+        //
+        // Main, once serving: waits for the poller (the display went away), then shuts the
+        // sessions' sockets and wakes the threads to stop them.
+        ThreadKind::VncMain => SyscallSet::new().allow(&[libc::SYS_shutdown]),
+        // Captures frames: region reads (the mode registers) on its vfio-user connection,
+        // copies out of the framebuffer mapped at start-up, wake-ups of the sessions; at the
+        // end the display's goodbye and, when it went away, the sessions' shutdown.
+        ThreadKind::VncPoller => SyscallSet::new()
+            .allow(&[libc::SYS_shutdown])
+            .union(&vnc_stream()),
+        // Accepts viewers (the socket close-on-exec), a wake-up eventfd and a second handle
+        // of each viewer's socket (for the shutdown), a session thread each; backs off
+        // after a failed accept.
+        ThreadKind::VncListener => SyscallSet::new()
+            .allow_arg(libc::SYS_accept4, 3, &[SOCK_CLOEXEC])
+            .allow_arg(libc::SYS_eventfd2, 1, &[EFD_CLOEXEC | EFD_NONBLOCK])
+            .union(&duplicating())
+            .union(&polling())
+            .union(&sleeping())
+            .union(&spawning()),
+        // One viewer: its socket (no delay, a write timeout per update) and wake-up eventfd.
+        ThreadKind::VncSession => SyscallSet::new()
+            .allow(&[libc::SYS_read])
+            .allow_arg_pairs(
+                libc::SYS_setsockopt,
+                (1, 2),
+                &[(IPPROTO_TCP, TCP_NODELAY), (SOL_SOCKET, SO_SNDTIMEO)],
+            )
+            .union(&vnc_stream())
+            .union(&polling()),
     };
     base().union(&own)
+}
+
+/// `accept4` flags of `TcpListener::accept`.
+const SOCK_CLOEXEC: u32 = libc::SOCK_CLOEXEC as u32;
+/// The flags of the VNC server's wake-up eventfds.
+const EFD_CLOEXEC: u32 = libc::EFD_CLOEXEC as u32;
+const EFD_NONBLOCK: u32 = libc::EFD_NONBLOCK as u32;
+/// `setsockopt` levels and options of a VNC session: `set_nodelay`, `set_write_timeout`.
+const IPPROTO_TCP: u32 = libc::IPPROTO_TCP as u32;
+const TCP_NODELAY: u32 = libc::TCP_NODELAY as u32;
+const SOL_SOCKET: u32 = libc::SOL_SOCKET as u32;
+const SO_SNDTIMEO: u32 = libc::SO_SNDTIMEO as u32;
+
+/// A connected stream socket read and written with std's `Read`/`Write` (`recv` with no
+/// flags, `send` with `MSG_NOSIGNAL`, as glibc makes them: `recvfrom`, `sendto`).
+fn vnc_stream() -> SyscallSet {
+    SyscallSet::new()
+        .allow_arg(libc::SYS_recvfrom, 3, &[0])
+        .allow_arg(libc::SYS_sendto, 3, &[libc::MSG_NOSIGNAL as u32])
 }
 
 /// The kinds whose threads a kind starts after it has confined itself.
@@ -275,6 +326,8 @@ pub(super) fn spawns(kind: ThreadKind) -> &'static [ThreadKind] {
         | ThreadKind::SocketConsole
         | ThreadKind::PtyConsole
         | ThreadKind::Viewer => &[],
+        ThreadKind::VncListener => &[ThreadKind::VncSession],
+        ThreadKind::VncMain | ThreadKind::VncPoller | ThreadKind::VncSession => &[],
     }
 }
 

@@ -13,6 +13,10 @@
 //!  kind's list includes the lists of the kinds it starts; see `lists.rs`):
 //!    main ─► control ─► control-connection ─► listener ─► connection ─► interrupts
 //!                                           └► terminal / socket / pty console
+//!
+//!  thread tree of `view --vnc` (main confines itself once bound, connected and started):
+//!    main ─► vnc-poller
+//!         └► vnc-listener ─► vnc-session
 //! ```
 //!
 //! [`SeccompMode`] `On` (the default of every binary) traps a call off the list: the SIGSYS
@@ -90,11 +94,21 @@ pub enum ThreadKind {
     PtyConsole,
     /// A snapshot or live-view client of a display.
     Viewer,
+    /// The main thread of a VNC viewer (`view --vnc`) once serving: waits for the capture
+    /// thread, then stops the listener and the sessions.
+    VncMain,
+    /// Captures the display of a VNC viewer: region reads on its vfio-user connection, copies
+    /// out of the mapped framebuffer.
+    VncPoller,
+    /// Accepts the TCP connections of VNC clients and starts a session thread for each.
+    VncListener,
+    /// Serves one VNC client: RFB messages in, encoded updates out.
+    VncSession,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 10] = [
+    pub const ALL: [ThreadKind; 14] = [
         ThreadKind::Main,
         ThreadKind::Control,
         ThreadKind::ControlConnection,
@@ -105,6 +119,10 @@ impl ThreadKind {
         ThreadKind::SocketConsole,
         ThreadKind::PtyConsole,
         ThreadKind::Viewer,
+        ThreadKind::VncMain,
+        ThreadKind::VncPoller,
+        ThreadKind::VncListener,
+        ThreadKind::VncSession,
     ];
 
     /// The name the log uses.
@@ -120,6 +138,10 @@ impl ThreadKind {
             ThreadKind::SocketConsole => "socket-console",
             ThreadKind::PtyConsole => "pty-console",
             ThreadKind::Viewer => "viewer",
+            ThreadKind::VncMain => "vnc-main",
+            ThreadKind::VncPoller => "vnc-poller",
+            ThreadKind::VncListener => "vnc-listener",
+            ThreadKind::VncSession => "vnc-session",
         }
     }
 
@@ -229,6 +251,8 @@ pub fn configure(policy: Policy) -> Result<(), ConfineError> {
             crate::irq::prepare_for_confinement();
             #[cfg(target_env = "gnu")]
             fix_malloc_arena_limit();
+            #[cfg(target_env = "gnu")]
+            settle_malloc_heap_shrinking();
             #[cfg(target_arch = "x86_64")]
             trap::install_handler(mode).map_err(ConfineError::Handler)?;
             let programs = ThreadKind::ALL
@@ -259,6 +283,33 @@ fn fix_malloc_arena_limit() {
     };
     // SAFETY: mallopt only sets one of malloc's parameters.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, cpus.saturating_mul(8)) };
+}
+
+/// glibc's malloc, the first time a thread's arena (any but the main one) gives back memory
+/// at the top of its heap, reads `/proc/sys/vm/overcommit_memory` to choose how: an `openat`
+/// no list has, in whichever thread frees then (a VNC session after a large update, say). The
+/// answer is kept for the process, so a short-lived thread that frees two megabytes of small
+/// blocks now (each block below the mmap threshold, so they come from its arena's heap and
+/// merge into its top when freed) has that read made before any filter is on.
+#[cfg(target_env = "gnu")]
+fn settle_malloc_heap_shrinking() {
+    const BLOCK: usize = 64 * 1024;
+    const BLOCKS: usize = 32;
+    let settle = || {
+        let blocks: Vec<Vec<u8>> = (0..BLOCKS)
+            .map(|_| std::hint::black_box(Vec::with_capacity(BLOCK)))
+            .collect();
+        drop(std::hint::black_box(blocks));
+    };
+    match std::thread::Builder::new()
+        .name("malloc-settle".into())
+        .spawn(settle)
+    {
+        Ok(thread) => {
+            let _ = thread.join();
+        }
+        Err(e) => log::warn!("confinement: no thread to settle malloc with: {e}"),
+    }
 }
 
 fn compile(policy: &Policy, kind: ThreadKind) -> Result<BpfProgram, ConfineError> {
@@ -423,6 +474,48 @@ mod tests {
                 "{kind}: no PROT_EXEC"
             );
         }
+    }
+
+    #[test]
+    fn vnc_threads_open_no_file_and_make_no_socket() {
+        // The VNC kinds face the network: the listener is bound and the display mapped
+        // before any of them confines itself.
+        let policy = Policy::new(SeccompMode::On);
+        for kind in [
+            ThreadKind::VncMain,
+            ThreadKind::VncPoller,
+            ThreadKind::VncListener,
+            ThreadKind::VncSession,
+        ] {
+            let set = policy.allowed(kind);
+            for nr in [
+                libc::SYS_socket,
+                libc::SYS_bind,
+                libc::SYS_listen,
+                libc::SYS_connect,
+                libc::SYS_open,
+                libc::SYS_openat,
+                libc::SYS_memfd_create,
+                libc::SYS_sendmsg,
+                libc::SYS_recvmsg,
+            ] {
+                assert!(
+                    !set.contains(nr),
+                    "{kind} allows {}",
+                    trap::syscall_name(nr)
+                );
+            }
+            assert!(
+                !set.allows_any_arguments(libc::SYS_setsockopt),
+                "{kind}: setsockopt by level and option"
+            );
+        }
+        assert!(
+            policy
+                .allowed(ThreadKind::VncSession)
+                .is_subset_of(&policy.allowed(ThreadKind::VncListener)),
+            "the listener starts the sessions"
+        );
     }
 
     #[test]

@@ -17,6 +17,9 @@ enum ArgRule {
     Equals { arg: u8, value: u32 },
     /// Argument `arg` has none of the bits of `mask` set.
     Clear { arg: u8, mask: u32 },
+    /// Argument `first.0` equals `first.1` and argument `second.0` equals `second.1`
+    /// (`setsockopt` by level and option).
+    Both { first: (u8, u32), second: (u8, u32) },
 }
 
 /// What a system call is allowed with.
@@ -53,6 +56,26 @@ impl SyscallSet {
     pub fn allow_arg(mut self, call: libc::c_long, arg: u8, values: &[u32]) -> Self {
         for &value in values {
             self.add_rule(call, ArgRule::Equals { arg, value });
+        }
+        self
+    }
+
+    /// Allows `call` when its arguments `args.0` and `args.1` are one of the pairs of
+    /// `values` (both at once: `setsockopt` by level and option name).
+    pub fn allow_arg_pairs(
+        mut self,
+        call: libc::c_long,
+        args: (u8, u8),
+        values: &[(u32, u32)],
+    ) -> Self {
+        for &(a, b) in values {
+            self.add_rule(
+                call,
+                ArgRule::Both {
+                    first: (args.0, a),
+                    second: (args.1, b),
+                },
+            );
         }
         self
     }
@@ -153,7 +176,7 @@ impl SyscallSet {
                 Allowed::Always => Vec::new(),
                 Allowed::When(list) => list
                     .iter()
-                    .map(|r| SeccompRule::new(vec![condition(*r)?]))
+                    .map(|r| SeccompRule::new(conditions(*r)?))
                     .collect::<Result<Vec<_>, _>>()?,
             };
             rules.insert(nr, chain);
@@ -163,20 +186,27 @@ impl SyscallSet {
     }
 }
 
-fn condition(rule: ArgRule) -> Result<SeccompCondition, seccompiler::BackendError> {
-    match rule {
-        ArgRule::Equals { arg, value } => SeccompCondition::new(
+/// The conditions a rule stands for, all of which must hold.
+fn conditions(rule: ArgRule) -> Result<Vec<SeccompCondition>, seccompiler::BackendError> {
+    let equals = |arg, value: u32| {
+        SeccompCondition::new(
             arg,
             SeccompCmpArgLen::Dword,
             SeccompCmpOp::Eq,
             u64::from(value),
-        ),
-        ArgRule::Clear { arg, mask } => SeccompCondition::new(
+        )
+    };
+    match rule {
+        ArgRule::Equals { arg, value } => Ok(vec![equals(arg, value)?]),
+        ArgRule::Clear { arg, mask } => Ok(vec![SeccompCondition::new(
             arg,
             SeccompCmpArgLen::Dword,
             SeccompCmpOp::MaskedEq(u64::from(mask)),
             0,
-        ),
+        )?]),
+        ArgRule::Both { first, second } => {
+            Ok(vec![equals(first.0, first.1)?, equals(second.0, second.1)?])
+        }
     }
 }
 
@@ -221,6 +251,18 @@ mod tests {
             .allow(&[libc::SYS_ioctl])
             .is_subset_of(&both));
         assert_eq!(both.len(), 1);
+    }
+
+    #[test]
+    fn argument_pairs_are_rules_of_their_own() {
+        let nodelay = SyscallSet::new().allow_arg_pairs(libc::SYS_setsockopt, (1, 2), &[(6, 1)]);
+        let both = nodelay
+            .clone()
+            .allow_arg_pairs(libc::SYS_setsockopt, (1, 2), &[(1, 21)]);
+        assert!(nodelay.is_subset_of(&both));
+        assert!(!both.is_subset_of(&nodelay));
+        assert!(!both.allows_any_arguments(libc::SYS_setsockopt));
+        assert!(both.compile(SeccompAction::Trap).unwrap().len() > 8);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod mbochs;
 pub mod mdpy;
 pub mod pci_config;
+pub mod rfb;
 pub mod server;
 pub mod uart;
 pub mod wire;
