@@ -10,6 +10,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use mdev::irq::{IrqIndex, SetIrqsFlags};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -75,6 +76,8 @@ pub struct DisplayClient {
     client: vfio_user::Client,
     /// Signalled by the server when it asks this client to let the device go (REQ).
     request: Option<EventFd>,
+    /// Whether the server has asked (the eventfd's count is read once; the answer sticks).
+    released: AtomicBool,
     map: MmapRegion,
     /// The scanned-out bytes of the last frame, copied out of `map`.
     visible: Vec<u8>,
@@ -105,6 +108,7 @@ impl DisplayClient {
         Ok(DisplayClient {
             client,
             request,
+            released: AtomicBool::new(false),
             map,
             visible: Vec::new(),
             reader,
@@ -114,9 +118,17 @@ impl DisplayClient {
     /// Whether the server has asked this client to let the device go (the instance is being
     /// removed, or its parent stops): a viewer should then close.
     pub fn release_requested(&self) -> bool {
-        self.request
+        if self.released.load(Ordering::Relaxed) {
+            return true;
+        }
+        let asked = self
+            .request
             .as_ref()
-            .is_some_and(|e| e.read().is_ok_and(|n| n > 0))
+            .is_some_and(|e| e.read().is_ok_and(|n| n > 0));
+        if asked {
+            self.released.store(true, Ordering::Relaxed);
+        }
+        asked
     }
 
     /// The mode scanned out now.

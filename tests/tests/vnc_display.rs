@@ -319,3 +319,48 @@ fn stopping_the_vnc_server_disconnects_viewers_and_leaves_the_guest_alone() {
     let png = snapshot(&socket, Box::new(ConfigModeReader), &h.dir, "after.png");
     assert!(png == expected_rgb(&mode), "the guest's picture is intact");
 }
+
+/// `view --vnc` holds its instance through a viewer client that routes the device request
+/// interrupt: removing the instance asks it to let go, the VNC server stops by itself (its
+/// viewers see the end of the stream), and the removal completes without force. Also when no
+/// VNC viewer is connected (the poller is idle then).
+#[test]
+fn removing_the_instance_stops_the_vnc_server_and_the_removal_completes() {
+    for with_viewer in [true, false] {
+        let h = ParentHarness::new(MbochsDriver::new(64), "vnc-release");
+        let info = h.create("small", &[]);
+        let server = serve(
+            &info.socket,
+            Box::new(DispiModeReader),
+            VncConfig::default(),
+        );
+        let mut v = with_viewer.then(|| {
+            let mut v = viewer(server.local_addr(), None, RAW);
+            full_picture(&mut v);
+            v
+        });
+        let handle = h.parent.handle(info.uuid).expect("instance");
+        assert_eq!(handle.open_count(), 1, "the VNC server holds the instance");
+        drop(handle);
+        let t = Instant::now();
+        h.parent
+            .remove_within(info.uuid, false, Duration::from_secs(20))
+            .expect("removed once the VNC server let go");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "with_viewer {with_viewer}"
+        );
+        server.wait().expect("the VNC server ended cleanly");
+        if let Some(v) = v.as_mut() {
+            let mut rest = Vec::new();
+            let _ = v.stream().try_clone().unwrap().read_to_end(&mut rest);
+            let mut one = [0u8; 1];
+            assert_eq!(
+                v.stream().try_clone().unwrap().read(&mut one).unwrap_or(0),
+                0
+            );
+        }
+        assert!(h.parent.instances().is_empty());
+        assert_eq!(h.driver.pool().free(), 64);
+    }
+}

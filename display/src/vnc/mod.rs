@@ -39,11 +39,21 @@ pub trait FrameSource: Send + 'static {
     /// Copies the bytes the current mode scans out into `into` (resized to fit) and returns
     /// the mode; `None` when nothing valid is scanned out.
     fn capture(&mut self, into: &mut Vec<u8>) -> Result<Option<Mode>, ClientError>;
+
+    /// Whether the device asked its viewers to let go (it is being removed): the server then
+    /// stops serving.
+    fn release_requested(&self) -> bool {
+        false
+    }
 }
 
 impl FrameSource for DisplayClient {
     fn capture(&mut self, into: &mut Vec<u8>) -> Result<Option<Mode>, ClientError> {
         DisplayClient::capture(self, into)
+    }
+
+    fn release_requested(&self) -> bool {
+        DisplayClient::release_requested(self)
     }
 }
 

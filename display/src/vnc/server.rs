@@ -124,9 +124,13 @@ impl Drop for VncServer {
     }
 }
 
+/// How often an idle poller (no viewer connected) looks whether the device asked it to let go.
+const RELEASE_CHECK: Duration = Duration::from_millis(250);
+
 /// The poller: while any viewer is connected, captures a frame every `interval` and publishes
-/// it when it differs from the latest picture. Ends when the store closes, or with the error
-/// of a capture that failed (then closing the store).
+/// it when it differs from the latest picture. Ends when the store closes, with the error of
+/// a capture that failed, or when the device asks its viewers to let go (closing the store in
+/// both cases).
 fn poll_frames(
     mut source: impl FrameSource,
     store: &FrameStore,
@@ -134,7 +138,9 @@ fn poll_frames(
 ) -> Result<(), ClientError> {
     let mut buffer: Option<Vec<u8>> = None;
     let mut replaced: Option<Arc<Picture>> = None;
-    while store.wait_for_viewers() {
+    while store.wait_for_viewers(RELEASE_CHECK, || source.release_requested())
+        && !source.release_requested()
+    {
         let started = Instant::now();
         // Reuse the memory of the last unchanged capture, or of the picture replaced last
         // time once no viewer holds it any more.
@@ -181,6 +187,10 @@ fn poll_frames(
         if !store.sleep_until(started + interval) {
             break;
         }
+    }
+    if source.release_requested() {
+        log::info!("vnc: the instance is being removed: the viewer lets it go");
+        store.close();
     }
     Ok(())
 }

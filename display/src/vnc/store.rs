@@ -123,14 +123,26 @@ impl FrameStore {
             .wait_timeout_while(s, timeout, |s| s.polls <= after && !s.closed);
     }
 
-    /// For the poller: waits until a viewer is registered (false: the store closed).
-    pub fn wait_for_viewers(&self) -> bool {
-        let s = self.lock();
-        let s = self
-            .changed
-            .wait_while(s, |s| s.viewers.is_empty() && !s.closed)
-            .unwrap_or_else(PoisonError::into_inner);
-        !s.closed
+    /// For the poller: waits until a viewer is registered (false: the store closed). Every
+    /// `check` while it waits it asks `give_up`; when that says yes it returns false.
+    pub fn wait_for_viewers(&self, check: Duration, mut give_up: impl FnMut() -> bool) -> bool {
+        let mut s = self.lock();
+        loop {
+            if s.closed {
+                return false;
+            }
+            if !s.viewers.is_empty() {
+                return true;
+            }
+            if give_up() {
+                return false;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, check)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
     }
 
     /// For the poller: sleeps until `deadline` unless the store closes first (false then).

@@ -260,10 +260,11 @@ pub(super) fn own(kind: ThreadKind) -> SyscallSet {
         // sessions' sockets and wakes the threads to stop them.
         ThreadKind::VncMain => SyscallSet::new().allow(&[libc::SYS_shutdown]),
         // Captures frames: region reads (the mode registers) on its vfio-user connection,
-        // copies out of the framebuffer mapped at start-up, wake-ups of the sessions; at the
-        // end the display's goodbye and, when it went away, the sessions' shutdown.
+        // copies out of the framebuffer mapped at start-up, wake-ups of the sessions, reads of
+        // the device request eventfd; at the end the display's goodbye and, when it went away
+        // or asked to be let go, the sessions' shutdown.
         ThreadKind::VncPoller => SyscallSet::new()
-            .allow(&[libc::SYS_shutdown])
+            .allow(&[libc::SYS_shutdown, libc::SYS_read])
             .union(&vnc_stream()),
         // Accepts viewers (the socket close-on-exec), a wake-up eventfd and a second handle
         // of each viewer's socket (for the shutdown), a session thread each; backs off
