@@ -3,15 +3,20 @@
 //! when the client enabled it). Run it and attach it to QEMU:
 //!
 //! ```sh
-//! cargo run -p mdev --example doorbell -- /tmp/doorbell.sock
+//! cargo run -p mdev --example doorbell -- /tmp/doorbell.sock [--poll-us N]
 //! qemu-system-x86_64 ... -device '{"driver":"vfio-user-pci","socket":{"type":"unix","path":"/tmp/doorbell.sock"}}'
 //! ```
 //!
 //! Everything protocol-shaped (sockets, messages, validation, several clients at once, the
 //! open/close hooks, each thread's seccomp allow-list) is the framework's; the device only
 //! answers register accesses.
+//!
+//! `--poll-us N` (or `MDEV_POLL_US=N` in the environment; the flag wins) lets each connection
+//! poll its socket for up to N microseconds after a request before it blocks, as
+//! `serve --poll-us` does for the device binaries; 0, the default, never polls.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use mdev::confine::{self, Policy, SeccompMode, ThreadKind};
 use mdev::device_set::DeviceSets;
@@ -98,17 +103,58 @@ pub(crate) fn doorbell() -> Result<PciDevice<Doorbell>, mdev::pci::FunctionError
     })
 }
 
+/// The command line: `[SOCKET] [--poll-us N]`.
+struct Args {
+    path: String,
+    poll_us: u64,
+}
+
+/// A command line that does not parse.
+#[derive(Debug, thiserror::Error)]
+enum ArgsError {
+    #[error("--poll-us wants a number of microseconds, not {0:?}")]
+    PollUs(String),
+    #[error("unexpected argument {0:?} (usage: doorbell [SOCKET] [--poll-us N])")]
+    Unexpected(String),
+}
+
+impl Args {
+    fn parse() -> Result<Self, ArgsError> {
+        let number = |v: String| v.parse::<u64>().map_err(|_| ArgsError::PollUs(v));
+        let mut path = None;
+        let mut poll_us = match std::env::var("MDEV_POLL_US") {
+            Ok(v) => number(v)?,
+            Err(_) => 0,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            if let Some(v) = arg.strip_prefix("--poll-us=") {
+                poll_us = number(v.to_string())?;
+            } else if arg == "--poll-us" {
+                poll_us = number(args.next().unwrap_or_default())?;
+            } else if path.is_none() && !arg.starts_with('-') {
+                path = Some(arg);
+            } else {
+                return Err(ArgsError::Unexpected(arg));
+            }
+        }
+        Ok(Args {
+            path: path.unwrap_or_else(|| String::from("/tmp/doorbell.sock")),
+            poll_us,
+        })
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let path = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| String::from("/tmp/doorbell.sock"));
+    let args = Args::parse()?;
     block_shutdown_signals();
     // Every thread the server starts gets its seccomp allow-list (see `mdev::confine`).
     confine::configure(Policy::new(SeccompMode::On))?;
     let sets = DeviceSets::new();
     let handle = sets.register("doorbell", Box::new(doorbell()?), None);
-    let server = DeviceServer::bind(std::path::Path::new(&path), handle)?;
+    let server = DeviceServer::bind(std::path::Path::new(&args.path), handle)?;
+    server.set_poll(Duration::from_micros(args.poll_us));
     // Start-up is done: this thread only waits for SIGINT/SIGTERM and stops the server.
     confine::try_enter(ThreadKind::Main)?;
     wait_for_shutdown();
