@@ -277,7 +277,7 @@ impl DeviceHandle {
                 warn!("{}: open_device failed for {conn}: {e}", self.name);
                 return Err(e);
             }
-            info!("{}: open_device (first open, {conn} of {owner})", self.name);
+            debug!("{}: open_device (first open, {conn} of {owner})", self.name);
         }
         st.members[pos].opens.push(open);
         debug!(
@@ -457,7 +457,7 @@ impl DeviceHandle {
                 d.close_device(&ctx);
                 Ok(())
             });
-            info!(
+            debug!(
                 "{}: close_device (last close, {conn} of {owner})",
                 self.name
             );

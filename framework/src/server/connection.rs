@@ -94,11 +94,11 @@ impl CommandError {
     }
 }
 
-struct Connection {
+struct Connection<'r> {
     id: ConnectionId,
     owner: OwnerId,
-    sock: UnixStream,
-    reader: wire::MessageReader,
+    sock: Arc<UnixStream>,
+    reader: &'r mut wire::MessageReader,
     recorder: Recorder,
     handle: Arc<DeviceHandle>,
     dma: DmaMappings,
@@ -133,7 +133,14 @@ impl Drop for Slot<'_> {
     }
 }
 
-pub(crate) fn serve_connection(sock: UnixStream, id: ConnectionId, shared: Arc<Shared>) {
+/// Serves connection `id` on `sock` until it ends. `reader` is the serving thread's own,
+/// reused from connection to connection (emptied first).
+pub(crate) fn serve_connection(
+    sock: Arc<UnixStream>,
+    id: ConnectionId,
+    shared: Arc<Shared>,
+    reader: &mut wire::MessageReader,
+) {
     let _slot = Slot {
         shared: &shared,
         id,
@@ -147,10 +154,10 @@ pub(crate) fn serve_connection(sock: UnixStream, id: ConnectionId, shared: Arc<S
         Some(uid) => debug!("{name}: {id} connected ({owner}, uid {uid})"),
         None => debug!("{name}: {id} connected (peer unknown)"),
     }
-    let mut reader = wire::MessageReader::new();
+    reader.clear();
     let mut recorder = Recorder::open(shared.record_dir().as_deref(), &name, id);
     let timeout = shared.message_timeout();
-    match negotiate(&sock, &mut reader, &mut recorder, &handle, peer, timeout) {
+    match negotiate(&sock, reader, &mut recorder, &handle, peer, timeout) {
         Ok(()) => {
             let regions = {
                 let dev = handle.lock();
@@ -249,7 +256,7 @@ fn negotiate(
     Ok(())
 }
 
-impl Connection {
+impl Connection<'_> {
     fn run(&mut self, shared: &Shared) {
         let deadlines = wire::Deadlines::idle_then(shared.message_timeout());
         let mut window = PollWindow::new(shared.poll_max());

@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -11,15 +10,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use log::{error, info, warn};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use log::{info, warn};
 
 use super::shared::{ConnectionStats, Shared};
 #[cfg(doc)]
 use super::shared::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MESSAGE_TIMEOUT};
 use super::workers::Workers;
 use crate::device_set::DeviceHandle;
-use crate::owner::ConnectionId;
 
 /// Why a device could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +63,7 @@ pub struct DeviceServer {
     path: Option<PathBuf>,
     /// Whether this server created the socket file (and removes it at shutdown).
     owns_file: bool,
-    stop: EventFd,
+    /// The thread that starts the pool's threads.
     accept: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
     workers: Arc<Workers>,
@@ -108,33 +105,20 @@ impl DeviceServer {
         owns_file: bool,
         handle: Arc<DeviceHandle>,
     ) -> Result<Self, ServerError> {
-        let stop = EventFd::new(EFD_NONBLOCK).map_err(|e| ServerError::io("eventfd", e))?;
-        let stop_clone = stop
-            .try_clone()
-            .map_err(|e| ServerError::io("eventfd", e))?;
         let shared = Arc::new(Shared::new(handle));
-        let workers = Workers::new(shared.clone());
+        let workers = Workers::new(shared.clone(), listener);
         let pool = workers.clone();
         let name = format!("accept-{}", shared.handle.name());
         let accept = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
             .spawn(move || {
                 crate::confine::enter(crate::confine::ThreadKind::Listener);
-                // The first connection's thread, started (and confined) from here like the
-                // others, before any client waits for it.
-                if let Err(e) = pool.prestart() {
-                    warn!(
-                        "{}: cannot start a connection thread: {e}",
-                        pool.shared().handle.name()
-                    );
-                }
-                accept_loop(&listener, &stop_clone, &pool)
+                pool.supervise();
             })
             .map_err(|e| ServerError::io("spawn accept thread", e))?;
         Ok(DeviceServer {
             path,
             owns_file,
-            stop,
             accept: Some(accept),
             shared,
             workers,
@@ -206,14 +190,13 @@ impl DeviceServer {
     }
 
     fn stop_all(&mut self) {
-        let _ = self.stop.write(1);
+        // No client is accepted any more, every connection's thread sees the end of its
+        // stream and closes as for a client that went away; then the pool's threads end,
+        // and none holds the device any more.
+        self.workers.stop();
         if let Some(t) = self.accept.take() {
             let _ = t.join();
         }
-        // Every connection's thread sees the end of its stream and closes as for a client
-        // that went away; then the pool's threads end, and none holds the device any more.
-        self.shared.disconnect_all();
-        self.workers.stop();
         if let Some(p) = self.path.as_ref().filter(|_| self.owns_file) {
             let _ = fs::remove_file(p);
         }
@@ -242,71 +225,5 @@ fn remove_stale(path: &Path) -> Result<(), ServerError> {
             fs::remove_file(path)
                 .map_err(|e| ServerError::io(format!("remove {}", path.display()), e))
         }
-    }
-}
-
-fn accept_loop(listener: &UnixListener, stop: &EventFd, pool: &Arc<Workers>) {
-    let name = pool.shared().handle.name();
-    loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: listener.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a valid array of two pollfd structs that outlives the call.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            error!("{name}: poll failed: {e}");
-            return;
-        }
-        if fds[1].revents != 0 {
-            return;
-        }
-        if fds[0].revents == 0 {
-            continue;
-        }
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(e) => {
-                warn!("{name}: accept failed: {e}");
-                continue;
-            }
-        };
-        admit(stream, pool);
-    }
-}
-
-/// Takes a new client on, or closes it at once when the server is full (the clearest answer
-/// a client that has not spoken yet can get).
-fn admit(stream: UnixStream, pool: &Arc<Workers>) {
-    let shared = pool.shared();
-    let id = ConnectionId::next();
-    let clone = match stream.try_clone() {
-        Ok(c) => c,
-        Err(e) => {
-            warn!("{}: cannot track connection: {e}", shared.handle.name());
-            return;
-        }
-    };
-    if !shared.admit(id, clone) {
-        return;
-    }
-    if let Err(e) = pool.hand_over(stream, id) {
-        warn!(
-            "{}: cannot start a connection thread: {e}",
-            shared.handle.name()
-        );
-        shared.forget(id);
     }
 }

@@ -36,8 +36,9 @@ pub struct ConnectionStats {
 /// The state of one server that its threads share.
 pub(crate) struct Shared {
     pub(crate) handle: Arc<DeviceHandle>,
-    /// A clone of the socket of every live connection, to shut it down from outside.
-    live: Mutex<HashMap<ConnectionId, UnixStream>>,
+    /// The socket of every live connection (shared with its thread), to shut it down from
+    /// outside.
+    live: Mutex<HashMap<ConnectionId, Arc<UnixStream>>>,
     pub(crate) stats: ConnectionStats,
     /// Connections served at once; more are refused.
     max_connections: AtomicUsize,
@@ -63,7 +64,7 @@ impl Shared {
         }
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, UnixStream>> {
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionId, Arc<UnixStream>>> {
         // Only inserts and removals happen under this lock: a poisoned map is consistent.
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -98,7 +99,7 @@ impl Shared {
 
     /// Takes connection `id` on (its socket is `stream`) unless the server is full; `false`
     /// when it is refused (counted, and warned of now and then).
-    pub(crate) fn admit(&self, id: ConnectionId, stream: UnixStream) -> bool {
+    pub(crate) fn admit(&self, id: ConnectionId, stream: Arc<UnixStream>) -> bool {
         let mut live = self.live();
         let max = self.max_connections.load(Ordering::Relaxed);
         if live.len() >= max {
@@ -136,7 +137,8 @@ impl Shared {
     }
 
     /// Called as connection `id` ends: it leaves `live`, and only now is its socket closed
-    /// for good (our clone goes with the entry), so the client sees the end of the stream.
+    /// for good (the last reference goes with the entry), so the client sees the end of the
+    /// stream.
     pub(crate) fn forget(&self, id: ConnectionId) {
         let gone = self.live().remove(&id);
         drop(gone);

@@ -305,6 +305,17 @@ impl MessageReader {
         }
     }
 
+    /// Empties the reader for a new stream (its buffer is kept).
+    pub fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+        self.base = 0;
+        self.fds.clear();
+        if self.buf.len() > READ_CHUNK {
+            self.buf = vec![0; READ_CHUNK];
+        }
+    }
+
     fn buffered(&self) -> usize {
         self.end - self.start
     }
@@ -340,19 +351,25 @@ impl MessageReader {
             } else {
                 deadlines.first_byte
             };
-            if let (Some(by), false) = (bound, polling) {
-                wait_readable(sock, by)?;
-            }
             self.make_room()?;
             let mut fds = Vec::new();
-            let flags = if polling { libc::MSG_DONTWAIT } else { 0 };
+            // A bounded wait first tries without waiting: the bytes are usually there
+            // already, and then no `poll` is needed.
+            let try_first = polling || bound.is_some();
+            let flags = if try_first { libc::MSG_DONTWAIT } else { 0 };
             let r = match recv_with_fds_flags(sock, &mut self.buf[self.end..], &mut fds, flags) {
                 Ok(r) => r,
-                Err(e) if polling && e.kind() == io::ErrorKind::WouldBlock => {
-                    if deadlines.first_byte.is_some_and(|t| Instant::now() >= t) {
-                        return Err(WireError::TimedOut);
+                Err(e) if try_first && e.kind() == io::ErrorKind::WouldBlock => {
+                    if polling {
+                        if deadlines.first_byte.is_some_and(|t| Instant::now() >= t) {
+                            return Err(WireError::TimedOut);
+                        }
+                        // Let whatever else wants this CPU run (the client, when it shares
+                        // it) rather than spin against it.
+                        std::thread::yield_now();
+                    } else if let Some(by) = bound {
+                        wait_readable(sock, by)?;
                     }
-                    std::hint::spin_loop();
                     continue;
                 }
                 Err(e) => return Err(WireError::Io(e)),
