@@ -13,14 +13,15 @@
 //!
 //! `--poll-us N` (or `MDEV_POLL_US=N` in the environment; the flag wins) lets each connection
 //! poll its socket for up to N microseconds after a request before it blocks, as
-//! `serve --poll-us` does for the device binaries; 0, the default, never polls.
+//! `serve --poll-us` does for the device binaries (and with the same default, 50); 0 never
+//! polls.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use mdev::confine::{self, Policy, SeccompMode, ThreadKind};
 use mdev::device_set::DeviceSets;
-use mdev::parent::cli::{block_shutdown_signals, wait_for_shutdown};
+use mdev::parent::cli::{block_shutdown_signals, wait_for_shutdown, DEFAULT_POLL_US};
 use mdev::pci::{
     Bar, BarKind, BarSpec, CommandRegister, InterruptLayout, PciConfig, PciDevice, PciFunction,
     PciIdentity, StatusRegister,
@@ -109,22 +110,17 @@ struct Args {
     poll_us: u64,
 }
 
-/// A command line that does not parse.
-#[derive(Debug, thiserror::Error)]
-enum ArgsError {
-    #[error("--poll-us wants a number of microseconds, not {0:?}")]
-    PollUs(String),
-    #[error("unexpected argument {0:?} (usage: doorbell [SOCKET] [--poll-us N])")]
-    Unexpected(String),
-}
-
 impl Args {
-    fn parse() -> Result<Self, ArgsError> {
-        let number = |v: String| v.parse::<u64>().map_err(|_| ArgsError::PollUs(v));
+    /// Parses the command line; what does not parse is reported as the process's error.
+    fn parse() -> Result<Self, Box<dyn std::error::Error>> {
+        let number = |v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("--poll-us wants a number of microseconds, not {v:?}"))
+        };
         let mut path = None;
         let mut poll_us = match std::env::var("MDEV_POLL_US") {
             Ok(v) => number(v)?,
-            Err(_) => 0,
+            Err(_) => DEFAULT_POLL_US,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -135,7 +131,10 @@ impl Args {
             } else if path.is_none() && !arg.starts_with('-') {
                 path = Some(arg);
             } else {
-                return Err(ArgsError::Unexpected(arg));
+                return Err(format!(
+                    "unexpected argument {arg:?} (usage: doorbell [SOCKET] [--poll-us N])"
+                )
+                .into());
             }
         }
         Ok(Args {

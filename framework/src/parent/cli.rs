@@ -101,9 +101,30 @@ impl DefsArg {
     }
 }
 
-/// The default of `serve --poll-us` (see the README's "Polling" section for how it was
-/// chosen).
-pub const DEFAULT_POLL_US: u64 = 0;
+/// The default of `serve --poll-us`: on two loaded cores, a 50 µs bound cut a trapped round
+/// trip between CPUs to 0.3–0.7× of the blocking server's, cost nothing on one CPU (the poll
+/// loop yields) and nothing while idle (see the README's "Polling").
+pub const DEFAULT_POLL_US: u64 = 50;
+
+/// `--poll-us N`: how long a connection polls its socket after a request before it blocks.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct PollArg {
+    /// After each request a connection polls its socket for up to N microseconds before it
+    /// blocks (0: never polls). The window adapts to the client's pace within that bound and
+    /// only ever follows a request, so an idle device costs no CPU. Polling saves the
+    /// wake-up of a sleeping thread (tens of microseconds when client and server run on
+    /// different CPUs) for at most N microseconds of CPU after a request, yielded to any
+    /// other thread that wants the CPU.
+    #[arg(long = "poll-us", value_name = "N", env = "MDEV_POLL_US", default_value_t = DEFAULT_POLL_US)]
+    pub poll_us: u64,
+}
+
+impl PollArg {
+    /// The bound as a duration.
+    pub fn bound(&self) -> Duration {
+        Duration::from_micros(self.poll_us)
+    }
+}
 
 /// `--seccomp=on|log|off`: how the threads of a process are confined (see [`crate::confine`]).
 #[derive(Args, Debug, Clone, Copy)]
@@ -136,14 +157,9 @@ pub enum ParentCommand {
         /// SIGTERM closes them at once).
         #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
         remove_timeout: Duration,
-        /// After each request, a connection polls its socket for up to this many
-        /// microseconds before it blocks (0: never polls). The window adapts to the client's
-        /// pace within that bound and only ever follows a request: an idle device costs no
-        /// CPU. Polling saves the wake-up of a sleeping thread (tens of microseconds when
-        /// client and server run on different CPUs) at the price of up to N microseconds of
-        /// CPU after each request.
-        #[arg(long, value_name = "N", env = "MDEV_POLL_US", default_value_t = DEFAULT_POLL_US)]
-        poll_us: u64,
+        /// Polling after each request.
+        #[command(flatten)]
+        poll: PollArg,
         /// Confinement of every thread.
         #[command(flatten)]
         seccomp: SeccompArg,
@@ -514,7 +530,7 @@ pub fn run(
         defs,
         create,
         remove_timeout,
-        poll_us,
+        poll,
         seccomp,
     } = &cmd
     {
@@ -524,7 +540,7 @@ pub fn run(
             create,
             super::serve::Tuning {
                 remove_timeout: *remove_timeout,
-                poll: Duration::from_micros(*poll_us),
+                poll: poll.bound(),
             },
             seccomp.mode,
             make_driver,

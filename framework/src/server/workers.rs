@@ -42,7 +42,6 @@ pub(crate) const MAX_IDLE: usize = 4;
 const STOP_ATTEMPTS: u32 = 500;
 const STOP_INTERVAL: Duration = Duration::from_millis(1);
 
-
 #[derive(Default)]
 struct State {
     /// Threads waiting in `accept` (or about to).
@@ -105,12 +104,10 @@ impl Workers {
                 .chars()
                 .take(15)
                 .collect();
-            let spawned = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || {
-                    confine::enter(ThreadKind::Connection);
-                    pool.work();
-                });
+            let spawned = std::thread::Builder::new().name(name).spawn(move || {
+                confine::enter(ThreadKind::Connection);
+                pool.work();
+            });
             match spawned {
                 Ok(t) => {
                     st.idle += 1;
