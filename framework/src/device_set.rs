@@ -277,7 +277,7 @@ impl DeviceHandle {
                 warn!("{}: open_device failed for {conn}: {e}", self.name);
                 return Err(e);
             }
-            debug!("{}: open_device (first open, {conn} of {owner})", self.name);
+            info!("{}: open_device (first open, {conn} of {owner})", self.name);
         }
         st.members[pos].opens.push(open);
         debug!(
@@ -457,7 +457,7 @@ impl DeviceHandle {
                 d.close_device(&ctx);
                 Ok(())
             });
-            debug!(
+            info!(
                 "{}: close_device (last close, {conn} of {owner})",
                 self.name
             );

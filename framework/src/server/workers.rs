@@ -14,8 +14,10 @@
 //! one whenever no thread is left waiting in `accept`, so a client never waits for a thread to
 //! be created unless clients arrive faster than threads start.
 //!
-//! Stopping: the flag is set, then every thread still running is interrupted (the wake-up
-//! signal of [`crate::irq`]; `accept` returns EINTR) until it has seen the flag and ended.
+//! Stopping: the flag is set, every connection is shut down, then every thread still waiting
+//! in `accept` is interrupted (the wake-up signal of [`crate::irq`]; `accept` returns EINTR)
+//! until it has seen the flag and ended; a thread serving a connection is never interrupted
+//! (a device hook must not see EINTR) and ends with its connection.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -49,7 +51,15 @@ struct State {
     /// Threads asked of the listener thread and not started yet.
     wanted: usize,
     /// Every thread started and not joined yet.
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<PoolThread>,
+}
+
+/// One thread of the pool.
+struct PoolThread {
+    handle: JoinHandle<()>,
+    /// The thread is waiting in `accept` (or about to): a stop interrupts it there, and never
+    /// a thread serving a connection (its device hooks must not see EINTR).
+    accepting: Arc<AtomicBool>,
 }
 
 /// The pool of one server's connection threads.
@@ -96,8 +106,10 @@ impl Workers {
             }
             st.wanted -= 1;
             // Threads that ended (beyond the idle bound) hold nothing any more.
-            st.threads.retain(|t| !t.is_finished());
+            st.threads.retain(|t| !t.handle.is_finished());
             let pool = self.clone();
+            let accepting = Arc::new(AtomicBool::new(true));
+            let flag = accepting.clone();
             // Named once for its device (renaming it for each connection would cost two
             // system calls per connection).
             let name: String = format!("conn#{}", self.shared.handle.name())
@@ -106,12 +118,12 @@ impl Workers {
                 .collect();
             let spawned = std::thread::Builder::new().name(name).spawn(move || {
                 confine::enter(ThreadKind::Connection);
-                pool.work();
+                pool.work(&flag);
             });
             match spawned {
-                Ok(t) => {
+                Ok(handle) => {
                     st.idle += 1;
-                    st.threads.push(t);
+                    st.threads.push(PoolThread { handle, accepting });
                 }
                 Err(e) => {
                     warn!(
@@ -126,13 +138,15 @@ impl Workers {
 
     /// A pool thread's life: accept a connection, serve it, and again, until the pool stops
     /// or enough threads wait already.
-    fn work(&self) {
+    fn work(&self, accepting: &AtomicBool) {
         // The receive buffer, kept from one connection to the next.
         let mut reader = MessageReader::new();
         loop {
-            let stream = match self.accept() {
-                Some(s) => s,
-                None => return,
+            accepting.store(true, Ordering::SeqCst);
+            let stream = self.accept();
+            accepting.store(false, Ordering::SeqCst);
+            let Some(stream) = stream else {
+                return;
             };
             {
                 let mut st = self.lock();
@@ -221,18 +235,22 @@ impl Workers {
             std::mem::take(&mut st.threads)
         };
         for _ in 0..STOP_ATTEMPTS {
-            let mut running = threads.iter().filter(|t| !t.is_finished()).peekable();
-            if running.peek().is_none() {
+            // Threads serving a connection end with it; only those in `accept` need a nudge.
+            let mut accepting = threads
+                .iter()
+                .filter(|t| !t.handle.is_finished() && t.accepting.load(Ordering::SeqCst))
+                .peekable();
+            if accepting.peek().is_none() {
                 break;
             }
-            for t in running {
+            for t in accepting {
                 // SAFETY: `t` is a thread of this process whose handle we hold, not joined.
-                unsafe { crate::irq::interrupt_thread(t.as_pthread_t()) };
+                unsafe { crate::irq::interrupt_thread(t.handle.as_pthread_t()) };
             }
             std::thread::sleep(STOP_INTERVAL);
         }
         for t in threads {
-            let _ = t.join();
+            let _ = t.handle.join();
         }
     }
 }
