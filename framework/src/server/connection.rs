@@ -263,14 +263,17 @@ impl Connection<'_> {
         loop {
             // The bound may change while the connection lives (`DeviceServer::set_poll`).
             window.set_max(shared.poll_max());
-            let replied = Instant::now();
-            let poll_until = Some(window.current())
-                .filter(|w| !w.is_zero())
-                .and_then(|w| replied.checked_add(w));
-            let next = self.reader.next_polling(&self.sock, &deadlines, poll_until);
-            if !window.max().is_zero() {
+            let next = if window.max().is_zero() {
+                self.reader.next(&self.sock, &deadlines)
+            } else {
+                let replied = Instant::now();
+                let poll_until = Some(window.current())
+                    .filter(|w| !w.is_zero())
+                    .and_then(|w| replied.checked_add(w));
+                let next = self.reader.next_polling(&self.sock, &deadlines, poll_until);
                 window.observe(replied.elapsed());
-            }
+                next
+            };
             let msg = match next {
                 Ok(m) => m,
                 Err(WireError::Closed) => return,
