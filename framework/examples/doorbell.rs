@@ -10,6 +10,10 @@
 //! Everything protocol-shaped (sockets, messages, validation, several clients at once, the
 //! open/close hooks, each thread's seccomp allow-list) is the framework's; the device only
 //! answers register accesses.
+//!
+//! `MDEV_POLL_US=N` in the environment lets each connection poll its socket for up to N
+//! microseconds after a request before it blocks, as `serve --poll-us` does for the device
+//! binaries (and with the same default, 50); 0 never polls.
 
 use std::sync::Arc;
 
@@ -91,6 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sets = DeviceSets::new();
     let handle = sets.register("doorbell", Box::new(doorbell()?), None);
     let server = DeviceServer::bind(std::path::Path::new(&path), handle)?;
+    server.set_poll(mdev::server::poll_from_env()?);
     // Start-up is done: this thread only waits for SIGINT/SIGTERM and stops the server.
     confine::try_enter(ThreadKind::Main)?;
     wait_for_shutdown();

@@ -10,7 +10,7 @@
 //!  client (QEMU, viewer, test)            one UNIX socket per device
 //!        │  vfio-user messages + fds
 //!        ▼
-//!  server::Listener ──accept──► server::Connection  (one thread per connection = one "open")
+//!  server::Listener ──accept──► server::Connection  (one "open"; served by a pooled thread)
 //!        │                        │ wire::  (framing, validation, replies; no device knowledge)
 //!        │                        │ per-connection: DmaMappings, eventfds it handed over
 //!        ▼                        ▼

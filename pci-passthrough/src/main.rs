@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use clap::{CommandFactory, Parser, Subcommand};
 use log::{error, info, warn};
 use mdev::confine::{self, Policy, SeccompMode, ThreadKind};
-use mdev::parent::cli::{parse_seconds, SeccompArg};
+use mdev::parent::cli::{parse_seconds, PollArg, SeccompArg};
 use mdev::parent::GenerateDocs;
 use mdev::parent::{block_shutdown_signals, wait_for_shutdown};
 use mdev::pci::CommandRegister;
@@ -59,6 +59,9 @@ enum Command {
         /// receives any host fd and every BAR is trapped.
         #[arg(long)]
         trusted_client_mmap: bool,
+        /// Polling after each request.
+        #[command(flatten)]
+        poll: PollArg,
         /// Confinement of every thread (VFIO ioctls by request number).
         #[command(flatten)]
         seccomp: SeccompArg,
@@ -144,7 +147,7 @@ fn serve(
     dir: &Path,
     addresses: &[PciAddress],
     trust: ClientTrust,
-    remove_timeout: Duration,
+    (remove_timeout, poll): (Duration, Duration),
     seccomp: SeccompMode,
 ) -> Result<(), String> {
     block_shutdown_signals();
@@ -164,6 +167,7 @@ fn serve(
         let handle = sets.register(&address.to_string(), Box::new(device), key);
         let path = socket_path(dir, address);
         let server = DeviceServer::bind(&path, handle).map_err(|e| e.to_string())?;
+        server.set_poll(poll);
         println!(
             "{address} {} set={}",
             path.display(),
@@ -413,6 +417,7 @@ fn main() -> ExitCode {
             dir,
             remove_timeout,
             trusted_client_mmap,
+            poll,
             seccomp,
             addresses,
         } => {
@@ -421,7 +426,13 @@ fn main() -> ExitCode {
             } else {
                 ClientTrust::ProtocolOnly
             };
-            serve(&dir, &addresses, trust, remove_timeout, seccomp.mode)
+            serve(
+                &dir,
+                &addresses,
+                trust,
+                (remove_timeout, poll.bound()),
+                seccomp.mode,
+            )
         }
         Command::Bench {
             dir,

@@ -185,17 +185,15 @@ pub(super) fn own(kind: ThreadKind) -> SyscallSet {
             .union(&file_memory())
             .union(&stopping_interrupts())
             .union(&spawning()),
-        // Waits for clients of one device and starts a thread for each.
-        ThreadKind::Listener => SyscallSet::new()
-            .allow(&[libc::SYS_accept4])
-            .union(&duplicating())
-            .union(&polling())
-            .union(&spawning()),
-        // Serves one vfio-user connection: messages with fds, the peer's credentials, the
-        // eventfd check through `/proc/self/fd` and its O_NONBLOCK, DMA through the client's
-        // fds, starting and stopping its interrupt thread.
+        // Starts the connection threads of one device (they accept the clients themselves).
+        ThreadKind::Listener => SyscallSet::new().union(&spawning()),
+        // Accepts a client of one device and serves its vfio-user connection, then the next
+        // client: messages with fds, the peer's credentials, the eventfd check through
+        // `/proc/self/fd` and its O_NONBLOCK, DMA through the client's fds, starting and
+        // stopping its interrupt thread; a short sleep when accepting fails for lack of fds.
         ThreadKind::Connection => SyscallSet::new()
             .allow(&[
+                libc::SYS_accept4,
                 libc::SYS_recvmsg,
                 libc::SYS_sendmsg,
                 libc::SYS_getsockopt,

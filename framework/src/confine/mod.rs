@@ -80,9 +80,10 @@ pub enum ThreadKind {
     /// Answers one control client: creates instances (sockets, consoles, memory) and removes
     /// them.
     ControlConnection,
-    /// Accepts the clients of one device socket.
+    /// Starts the connection threads of one device socket (they accept its clients).
     Listener,
-    /// Serves one vfio-user connection (runs the device's hooks and register accesses).
+    /// Accepts and serves vfio-user connections of one device, one at a time (runs the
+    /// device's hooks and register accesses).
     Connection,
     /// Writes one connection's interrupt eventfds.
     Interrupts,

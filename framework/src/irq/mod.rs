@@ -28,6 +28,7 @@ use std::time::Duration;
 use bitflags::bitflags;
 use log::debug;
 
+pub(crate) use signaller::interrupt_thread;
 use signaller::{Eventfd, Signaller};
 
 /// Installs what interrupt delivery installs lazily (the wake-up signal's handler), so that a

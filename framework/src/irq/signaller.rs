@@ -215,6 +215,20 @@ impl Drop for Signaller {
     }
 }
 
+/// Interrupts whatever blocking call thread `pthread` of this process is in (it returns
+/// EINTR): the wake-up signal, whose handler does nothing, is sent to it.
+///
+/// # Safety
+///
+/// `pthread` must name a thread of this process that has not been joined or detached and
+/// ended (for instance one whose `JoinHandle` is still held).
+pub(crate) unsafe fn interrupt_thread(pthread: libc::pthread_t) {
+    install_wakeup_handler();
+    // SAFETY: the caller guarantees `pthread` is valid; the handler is installed and does
+    // nothing.
+    unsafe { libc::pthread_kill(pthread, wakeup_signal()) };
+}
+
 /// The signal used to interrupt a delivery thread blocked in a write.
 fn wakeup_signal() -> libc::c_int {
     libc::SIGRTMIN()

@@ -204,6 +204,8 @@ pub struct Parent {
     remove_timeout_ms: AtomicU64,
     /// A forced shutdown was asked for (a second SIGTERM): waits end at once.
     forcing: AtomicBool,
+    /// Poll bound of every instance's connections, in microseconds (`serve --poll-us`).
+    poll_us: AtomicU64,
 }
 
 impl Parent {
@@ -218,6 +220,7 @@ impl Parent {
             instances: Mutex::new(BTreeMap::new()),
             remove_timeout_ms: AtomicU64::new(millis(DEFAULT_REMOVE_TIMEOUT)),
             forcing: AtomicBool::new(false),
+            poll_us: AtomicU64::new(0),
         }))
     }
 
@@ -231,6 +234,23 @@ impl Parent {
     pub fn set_remove_timeout(&self, timeout: Duration) {
         self.remove_timeout_ms
             .store(millis(timeout), Ordering::Relaxed);
+    }
+
+    /// How long each connection of an instance polls its socket after a request before it
+    /// blocks, at most (see [`DeviceServer::set_poll`]; `serve --poll-us`). Zero (the
+    /// default of the library) never polls.
+    pub fn poll(&self) -> Duration {
+        Duration::from_micros(self.poll_us.load(Ordering::Relaxed))
+    }
+
+    /// Sets [`Parent::poll`] for every instance, running and to come.
+    pub fn set_poll(&self, max: Duration) {
+        let us = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
+        self.poll_us.store(us, Ordering::Relaxed);
+        let instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        for inst in instances.values() {
+            inst.server.set_poll(max);
+        }
     }
 
     /// The socket directory.
@@ -299,6 +319,7 @@ impl Parent {
             Some(l) => DeviceServer::from_listener(l, handle)?,
             None => DeviceServer::bind(&self.socket_path(uuid), handle)?,
         };
+        server.set_poll(self.poll());
         let inst = Instance {
             type_name: type_name.to_string(),
             params: params.clone(),

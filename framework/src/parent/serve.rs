@@ -28,17 +28,30 @@ fn announce(info: &InstanceInfo) {
     println!("{} {} {}", info.uuid, info.type_name, info.socket.display());
 }
 
+/// The knobs of `serve` that tune how instances are served.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Tuning {
+    /// How long clients get to let an instance go once asked (`--remove-timeout`).
+    pub(super) remove_timeout: Duration,
+    /// The poll bound of every connection (`--poll-us`).
+    pub(super) poll: Duration,
+}
+
 /// Runs the parent of `driver_name` with its sockets in `dir` and its definitions in `defs`;
-/// clients get `remove_timeout` to let an instance go once asked. Returns the process exit
+/// clients get `tuning.remove_timeout` to let an instance go once asked. Returns the process exit
 /// code.
 pub(super) fn serve(
     driver_name: &str,
     (dir, defs): (&Path, &Path),
     create: &[String],
-    remove_timeout: Duration,
+    tuning: Tuning,
     seccomp: SeccompMode,
     make_driver: impl FnOnce() -> Arc<dyn MdevDriver>,
 ) -> i32 {
+    let Tuning {
+        remove_timeout,
+        poll,
+    } = tuning;
     let fail = |what: String| {
         eprintln!("{driver_name}: {what}");
         1
@@ -52,6 +65,7 @@ pub(super) fn serve(
         Err(e) => return fail(format!("cannot use {}: {e}", dir.display())),
     };
     parent.set_remove_timeout(remove_timeout);
+    parent.set_poll(poll);
     // Sockets passed in by a service manager (systemd socket activation), if any.
     let mut activated = match Activated::from_env() {
         Ok(a) => a,

@@ -5,14 +5,15 @@
 //! framing closes the connection, releasing its open.
 
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 
-use super::listener::Shared;
+use super::poll::PollWindow;
 use super::record::Recorder;
+use super::shared::Shared;
 use crate::device_set::{DeviceHandle, Open};
 use crate::dma::{DmaMapping, DmaMappings};
 use crate::error::DeviceError;
@@ -22,19 +23,6 @@ use crate::region::{RegionFlags, RegionInfo};
 use crate::wire::{
     self, Command, DmaMapRequest, DmaUnmapRange, Reply, Request, RequestError, WireError,
 };
-
-/// Counters over all connections of one server.
-#[derive(Debug, Default)]
-pub struct ConnectionStats {
-    /// Connections accepted.
-    pub accepted: AtomicU64,
-    /// Commands answered with an error.
-    pub errors: AtomicU64,
-    /// Connections closed because the stream could not be kept in sync.
-    pub dropped: AtomicU64,
-    /// Connections refused because the device already served its maximum.
-    pub refused: AtomicU64,
-}
 
 /// Why a command failed: each variant carries the detail for the log line and maps to the
 /// errno of the error reply.
@@ -106,11 +94,11 @@ impl CommandError {
     }
 }
 
-struct Connection {
+struct Connection<'r> {
     id: ConnectionId,
     owner: OwnerId,
-    sock: UnixStream,
-    reader: wire::MessageReader,
+    sock: Arc<UnixStream>,
+    reader: &'r mut wire::MessageReader,
     recorder: Recorder,
     handle: Arc<DeviceHandle>,
     dma: DmaMappings,
@@ -145,7 +133,14 @@ impl Drop for Slot<'_> {
     }
 }
 
-pub(crate) fn serve_connection(sock: UnixStream, id: ConnectionId, shared: Arc<Shared>) {
+/// Serves connection `id` on `sock` until it ends. `reader` is the serving thread's own,
+/// reused from connection to connection (emptied first).
+pub(crate) fn serve_connection(
+    sock: Arc<UnixStream>,
+    id: ConnectionId,
+    shared: Arc<Shared>,
+    reader: &mut wire::MessageReader,
+) {
     let _slot = Slot {
         shared: &shared,
         id,
@@ -156,13 +151,13 @@ pub(crate) fn serve_connection(sock: UnixStream, id: ConnectionId, shared: Arc<S
     let handle = shared.handle.clone();
     let name = handle.name().to_string();
     match peer.uid {
-        Some(uid) => info!("{name}: {id} connected ({owner}, uid {uid})"),
-        None => info!("{name}: {id} connected (peer unknown)"),
+        Some(uid) => debug!("{name}: {id} connected ({owner}, uid {uid})"),
+        None => debug!("{name}: {id} connected (peer unknown)"),
     }
-    let mut reader = wire::MessageReader::new();
+    reader.clear();
     let mut recorder = Recorder::open(shared.record_dir().as_deref(), &name, id);
     let timeout = shared.message_timeout();
-    match negotiate(&sock, &mut reader, &mut recorder, &handle, peer, timeout) {
+    match negotiate(&sock, reader, &mut recorder, &handle, peer, timeout) {
         Ok(()) => {
             let regions = {
                 let dev = handle.lock();
@@ -196,7 +191,7 @@ pub(crate) fn serve_connection(sock: UnixStream, id: ConnectionId, shared: Arc<S
         }
         Err(e) => warn!("{name}: {id} not opened: {e}"),
     }
-    info!("{name}: {id} disconnected");
+    debug!("{name}: {id} disconnected");
 }
 
 /// The first message must be VERSION. The device is opened before the reply, so a failing
@@ -261,11 +256,25 @@ fn negotiate(
     Ok(())
 }
 
-impl Connection {
+impl Connection<'_> {
     fn run(&mut self, shared: &Shared) {
         let deadlines = wire::Deadlines::idle_then(shared.message_timeout());
+        let mut window = PollWindow::new(shared.poll_max());
         loop {
-            let msg = match self.reader.next(&self.sock, &deadlines) {
+            // The bound may change while the connection lives (`DeviceServer::set_poll`).
+            window.set_max(shared.poll_max());
+            let next = if window.max().is_zero() {
+                self.reader.next(&self.sock, &deadlines)
+            } else {
+                let replied = Instant::now();
+                let poll_until = Some(window.current())
+                    .filter(|w| !w.is_zero())
+                    .and_then(|w| replied.checked_add(w));
+                let next = self.reader.next_polling(&self.sock, &deadlines, poll_until);
+                window.observe(replied.elapsed());
+                next
+            };
+            let msg = match next {
                 Ok(m) => m,
                 Err(WireError::Closed) => return,
                 Err(e @ (WireError::BadSize(_) | WireError::TooManyFds(_))) => {

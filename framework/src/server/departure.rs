@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use super::listener::{DeviceServer, Shared};
+use super::listener::DeviceServer;
+use super::shared::Shared;
 use crate::device_set::{DeviceHandle, Open};
 use crate::owner::ConnectionId;
 

@@ -44,6 +44,16 @@ struct Received {
 /// also when the control message was truncated (those fds are ours to close, and `fds` owns
 /// them now).
 fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<File>) -> io::Result<Received> {
+    recv_with_fds_flags(sock, buf, fds, 0)
+}
+
+/// [`recv_with_fds`] with extra `recvmsg` flags (`MSG_DONTWAIT` to poll).
+fn recv_with_fds_flags(
+    sock: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut Vec<File>,
+    flags: libc::c_int,
+) -> io::Result<Received> {
     let mut cmsg = CmsgBuffer([0; CMSG_SPACE]);
     loop {
         let mut iov = libc::iovec {
@@ -58,7 +68,8 @@ fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<File>) -> io::
         hdr.msg_controllen = CMSG_SPACE as _;
         // SAFETY: `hdr` points at one iovec covering `buf` and at `cmsg`, both live and
         // writable for the whole call; the lengths given are theirs.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut hdr, libc::MSG_CMSG_CLOEXEC) };
+        let n =
+            unsafe { libc::recvmsg(sock.as_raw_fd(), &mut hdr, libc::MSG_CMSG_CLOEXEC | flags) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -294,6 +305,17 @@ impl MessageReader {
         }
     }
 
+    /// Empties the reader for a new stream (its buffer is kept).
+    pub fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+        self.base = 0;
+        self.fds.clear();
+        if self.buf.len() > READ_CHUNK {
+            self.buf = vec![0; READ_CHUNK];
+        }
+    }
+
     fn buffered(&self) -> usize {
         self.end - self.start
     }
@@ -301,6 +323,20 @@ impl MessageReader {
     /// The next whole message from `sock`, within `deadlines`. After an error the stream is
     /// not to be read again.
     pub fn next(&mut self, sock: &UnixStream, deadlines: &Deadlines) -> Result<Message, WireError> {
+        self.next_polling(sock, deadlines, None)
+    }
+
+    /// [`MessageReader::next`], polling first: until `poll_until` (if given), while no byte
+    /// of the next message has come, the socket is read without blocking, again and again,
+    /// so that a request arriving in that time is taken without the thread being put to
+    /// sleep and woken. Then (or once a message has begun) it waits as `next` does. A
+    /// message that arrives while polling costs one successful receive, as in `next`.
+    pub fn next_polling(
+        &mut self,
+        sock: &UnixStream,
+        deadlines: &Deadlines,
+        poll_until: Option<Instant>,
+    ) -> Result<Message, WireError> {
         let mut progress = Progress::default();
         if self.buffered() > 0 {
             progress.begin(deadlines);
@@ -309,18 +345,35 @@ impl MessageReader {
             if let Some(msg) = self.take_message()? {
                 return Ok(msg);
             }
+            let polling = !progress.started && poll_until.is_some_and(|t| Instant::now() < t);
             let bound = if progress.started {
                 progress.rest_by
             } else {
                 deadlines.first_byte
             };
-            if let Some(by) = bound {
-                wait_readable(sock, by)?;
-            }
             self.make_room()?;
             let mut fds = Vec::new();
-            let r =
-                recv_with_fds(sock, &mut self.buf[self.end..], &mut fds).map_err(WireError::Io)?;
+            // A bounded wait first tries without waiting: the bytes are usually there
+            // already, and then no `poll` is needed.
+            let try_first = polling || bound.is_some();
+            let flags = if try_first { libc::MSG_DONTWAIT } else { 0 };
+            let r = match recv_with_fds_flags(sock, &mut self.buf[self.end..], &mut fds, flags) {
+                Ok(r) => r,
+                Err(e) if try_first && e.kind() == io::ErrorKind::WouldBlock => {
+                    if polling {
+                        if deadlines.first_byte.is_some_and(|t| Instant::now() >= t) {
+                            return Err(WireError::TimedOut);
+                        }
+                        // Let whatever else wants this CPU run (the client, when it shares
+                        // it) rather than spin against it.
+                        std::thread::yield_now();
+                    } else if let Some(by) = bound {
+                        wait_readable(sock, by)?;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(WireError::Io(e)),
+            };
             if r.truncated {
                 return Err(WireError::TooManyFds(fds.len() + 1));
             }

@@ -1,0 +1,132 @@
+//! The server's connection threads and its polling: connections reuse the pool's threads, a
+//! polling server answers as a blocking one does, and stops polling when its client goes
+//! quiet.
+
+use std::time::Duration;
+
+use mdev::device_set::DeviceSets;
+use mdev_tests::probe_device::serve_probe;
+use mdev_tests::{init_logging, wait_until, HookLog, ProbeOptions, ScratchDir};
+use vfio_user::Client;
+
+/// One thread of this process: its name and the CPU time it has used (clock ticks).
+struct Task {
+    name: String,
+    ticks: u64,
+}
+
+/// Every thread of this process.
+fn tasks() -> Vec<Task> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let path = e.ok()?.path();
+        let name = std::fs::read_to_string(path.join("comm")).ok()?;
+        let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+        // The fields after the command name (which is in parentheses and may hold spaces):
+        // state is field 3, utime field 14, stime field 15.
+        let after = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(Task {
+            name: name.trim().to_string(),
+            ticks: utime + stime,
+        })
+    })
+    .collect()
+}
+
+/// CPU time (clock ticks) used so far by the threads of the server of device `name`.
+fn server_ticks(name: &str) -> u64 {
+    let names = [format!("conn#{name}"), format!("accept-{name}")];
+    tasks()
+        .iter()
+        .filter(|t| names.iter().any(|n| n.starts_with(&t.name)))
+        .map(|t| t.ticks)
+        .sum()
+}
+
+#[test]
+fn a_polling_server_stops_polling_when_its_client_goes_quiet() {
+    init_logging();
+    let dir = ScratchDir::new("idle-poll");
+    let sets = DeviceSets::new();
+    let s = serve_probe(
+        &sets,
+        &dir,
+        "idlepoll",
+        &HookLog::default(),
+        ProbeOptions::default(),
+        None,
+    );
+    // A generous bound: a server that kept polling would use a whole CPU second below.
+    s.server.set_poll(Duration::from_millis(2));
+    assert_eq!(s.server.poll(), Duration::from_millis(2));
+    let mut c = Client::new(&s.path).expect("client");
+    let mut buf = [0u8; 4];
+    for i in 0..2000u32 {
+        c.region_write(0, 0x20, &i.to_le_bytes()).expect("write");
+        c.region_read(0, 0x20, &mut buf).expect("read");
+        assert_eq!(
+            u32::from_le_bytes(buf),
+            i,
+            "a polling server answers in order"
+        );
+    }
+    // The last request's window (2 ms at most) runs out; then the connection blocks. This is
+    // a check that polling stops, not a timing of anything: one second of idling must cost
+    // (nearly) nothing, where polling on would cost the whole second.
+    std::thread::sleep(Duration::from_millis(50));
+    let before = server_ticks("idlepoll");
+    std::thread::sleep(Duration::from_secs(1));
+    let used = server_ticks("idlepoll") - before;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    assert!(
+        used * 10 <= hz,
+        "the idle server used {used} ticks (of {hz} per second) in one second"
+    );
+    // Still served after the idle second.
+    c.region_read(0, 0x20, &mut buf).expect("read after idling");
+    assert_eq!(u32::from_le_bytes(buf), 1999);
+}
+
+#[test]
+fn one_connection_after_another_reuses_the_pool_threads() {
+    init_logging();
+    let dir = ScratchDir::new("pool-reuse");
+    let sets = DeviceSets::new();
+    let s = serve_probe(
+        &sets,
+        &dir,
+        "poolreuse",
+        &HookLog::default(),
+        ProbeOptions::default(),
+        None,
+    );
+    let pool_threads = || {
+        tasks()
+            .iter()
+            .filter(|t| "conn#poolreuse".starts_with(&t.name))
+            .count()
+    };
+    for _ in 0..50 {
+        let c = Client::new(&s.path).expect("client");
+        drop(c);
+        wait_until("the connection to end", || s.server.connections() == 0);
+    }
+    let n = pool_threads();
+    assert!(
+        (1..=5).contains(&n),
+        "{n} pool threads after 50 connections one after another"
+    );
+    assert_eq!(
+        s.server
+            .stats()
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        50
+    );
+}
