@@ -118,10 +118,7 @@ impl Mtty {
                     _ => {
                         let (guest, host) = console::link(kick.clone(), i, stop.clone());
                         hosts.push((i, spec.clone(), host));
-                        Port::new(Line::Console {
-                            link: guest,
-                            held: None,
-                        })
+                        Port::new(Line::console(guest))
                     }
                 })
                 .collect();
@@ -175,7 +172,7 @@ fn console_error(e: console::ConsoleError) -> DeviceError {
 impl PciFunction for Mtty {
     fn read_bar(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
         // A wider access is a run of byte accesses, as a bus splits it for a byte-wide part.
-        let done = self.card.with_port(usize::from(bar), |uart| {
+        let done = self.card.access(usize::from(bar), offset, false, |uart| {
             for (i, b) in data.iter_mut().enumerate() {
                 *b = match u8::try_from(offset + i as u64) {
                     Ok(off) => uart.read(off),
@@ -189,7 +186,7 @@ impl PciFunction for Mtty {
     }
 
     fn write_bar(&mut self, bar: u8, offset: u64, data: &[u8]) {
-        let _ = self.card.with_port(usize::from(bar), |uart| {
+        let _ = self.card.access(usize::from(bar), offset, true, |uart| {
             for (i, &b) in data.iter().enumerate() {
                 if let Ok(off) = u8::try_from(offset + i as u64) {
                     uart.write(off, b);

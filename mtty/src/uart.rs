@@ -395,6 +395,16 @@ impl Uart {
         }
     }
 
+    /// Whether the transmit FIFO (the holding register with the FIFOs off) is full.
+    pub fn tx_full(&self) -> bool {
+        self.tx.len() >= self.capacity()
+    }
+
+    /// Whether LCR.DLAB maps the divisor latch over offsets 0 and 1.
+    pub fn divisor_latch_selected(&self) -> bool {
+        self.lcr.contains(Lcr::DLAB)
+    }
+
     /// Free places in the receive FIFO (1 deep with the FIFOs off).
     pub fn rx_space(&self) -> usize {
         self.capacity().saturating_sub(self.rx.len())

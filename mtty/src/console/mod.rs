@@ -100,8 +100,12 @@ impl std::str::FromStr for ConsoleSpec {
 
 /// What a console thread tells the card.
 pub trait PortKick: Send + Sync + 'static {
-    /// Bytes moved on `port`'s channels: refill the FIFOs and update the interrupt line.
+    /// Bytes moved on `port`'s channels: refill the receive FIFO (and move the TX FIFO if
+    /// a full channel held it back), update the interrupt line.
     fn kick(&self, port: usize);
+    /// Nothing moved for a while: send what the TX FIFO holds (a guest that wrote bytes
+    /// and then left the port alone), as [`PortKick::kick`] does otherwise.
+    fn flush(&self, port: usize);
     /// The host side of `port` attached or went away (drives CTS/DSR/DCD).
     fn set_carrier(&self, port: usize, on: bool);
 }
@@ -185,7 +189,13 @@ impl HostLink {
                 self.kick();
                 Outgoing::Bytes(out)
             }
-            Err(RecvTimeoutError::Timeout) => Outgoing::Idle,
+            Err(RecvTimeoutError::Timeout) => {
+                drop(from_guest);
+                if let Some(card) = self.card.upgrade() {
+                    card.flush(self.port);
+                }
+                Outgoing::Idle
+            }
             Err(RecvTimeoutError::Disconnected) => Outgoing::Closed,
         }
     }

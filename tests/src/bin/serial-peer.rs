@@ -7,8 +7,9 @@
 //! - `Q`: the end (exit status 0).
 //!
 //! K counts the requests from 1. One line per transfer on stdout:
-//! `serial-peer DIR K bytes=N secs=S bytes_per_s=R` (guest-to-host timed from the first byte
-//! received to the last, host-to-guest from the first write until all were written).
+//! `serial-peer DIR K bytes=N secs=S bytes_per_s=R [reads=C]` (guest-to-host timed from the
+//! first byte received to the last, with C the number of reads that took them: how the
+//! console batched them; host-to-guest from the first write until all were written).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -29,18 +30,20 @@ fn connect(path: &str, timeout: Duration) -> Result<UnixStream> {
     }
 }
 
-fn report(dir: &str, k: u32, bytes: usize, secs: f64) {
+fn report(dir: &str, k: u32, bytes: usize, secs: f64, extra: &str) {
     #[expect(
         clippy::cast_precision_loss,
         reason = "a rate for printing; sizes are far below 2^52"
     )]
     let rate = bytes as f64 / secs.max(1e-9);
-    println!("serial-peer {dir} {k} bytes={bytes} secs={secs:.3} bytes_per_s={rate:.0}");
+    println!("serial-peer {dir} {k} bytes={bytes} secs={secs:.3} bytes_per_s={rate:.0}{extra}");
 }
 
-fn receive(sock: &mut UnixStream, n: usize, out: &Path) -> Result<f64> {
+/// Receives `n` bytes into `out`; returns the seconds from the first byte and the reads.
+fn receive(sock: &mut UnixStream, n: usize, out: &Path) -> Result<(f64, usize)> {
     let mut data = vec![0u8; n];
     let mut got = 0;
+    let mut reads = 0;
     let mut t0 = None;
     while got < n {
         match sock.read(&mut data[got..]) {
@@ -48,13 +51,14 @@ fn receive(sock: &mut UnixStream, n: usize, out: &Path) -> Result<f64> {
             Ok(k) => {
                 t0.get_or_insert_with(Instant::now);
                 got += k;
+                reads += 1;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("read after {got} of {n} bytes: {e}")),
         }
     }
     std::fs::write(out, &data).map_err(|e| format!("{}: {e}", out.display()))?;
-    Ok(t0.map_or(0.0, |t| t.elapsed().as_secs_f64()))
+    Ok((t0.map_or(0.0, |t| t.elapsed().as_secs_f64()), reads))
 }
 
 fn send_random(sock: &mut UnixStream, n: usize, out: &Path) -> Result<f64> {
@@ -78,13 +82,13 @@ fn serve(sock: &mut UnixStream, outdir: &Path) -> Result<()> {
         let n = usize::try_from(n).map_err(|e| e.to_string())?;
         match h[0] {
             b'S' => {
-                let secs = receive(sock, n, &outdir.join(format!("g2h-{k}.bin")))?;
+                let (secs, reads) = receive(sock, n, &outdir.join(format!("g2h-{k}.bin")))?;
                 sock.write_all(b"A").map_err(|e| format!("ack: {e}"))?;
-                report("guest-to-host", k, n, secs);
+                report("guest-to-host", k, n, secs, &format!(" reads={reads}"));
             }
             b'R' => {
                 let secs = send_random(sock, n, &outdir.join(format!("h2g-{k}.bin")))?;
-                report("host-to-guest", k, n, secs);
+                report("host-to-guest", k, n, secs, "");
             }
             b'Q' => return Ok(()),
             c => return Err(format!("request {k}: unknown command {c:#04x}")),
