@@ -9,7 +9,7 @@ use mdev::pci::{
     Bar, BarKind, BarSpec, CommandRegister, InterruptLayout, PciConfig, PciDevice, PciFunction,
     PciIdentity, StatusRegister, PCI_NUM_BARS,
 };
-use mdev::{DeviceError, Interrupts, SetContext};
+use mdev::{DeviceError, Interrupts, IrqIndex, SetContext};
 
 use crate::card::{Card, Line, Port};
 use crate::console::{self, Console, ConsoleSpec, PortKick};
@@ -202,7 +202,12 @@ impl PciFunction for Mtty {
     }
 
     fn close_device(&mut self, _ctx: &SetContext) {
-        log::debug!("{}: last close; port state kept", self.name);
+        log::info!(
+            "{}: last close; port state kept; interrupts delivered so far: {} INTx, {} MSI",
+            self.name,
+            self.card.interrupts_delivered(IrqIndex::Intx),
+            self.card.interrupts_delivered(IrqIndex::Msi),
+        );
     }
 
     fn reset(&mut self) {

@@ -400,6 +400,20 @@ impl Uart {
         self.tx.len() >= self.capacity()
     }
 
+    /// Bytes waiting in the receive FIFO.
+    pub fn rx_len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// How many received bytes raise the received-data interrupt (1 with the FIFOs off).
+    pub fn rx_trigger(&self) -> usize {
+        if self.fifo_enabled {
+            self.trigger
+        } else {
+            1
+        }
+    }
+
     /// Whether LCR.DLAB maps the divisor latch over offsets 0 and 1.
     pub fn divisor_latch_selected(&self) -> bool {
         self.lcr.contains(Lcr::DLAB)

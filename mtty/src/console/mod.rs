@@ -208,7 +208,6 @@ impl HostLink {
                 Ok(()) => {}
                 Err(TrySendError::Disconnected(_)) => return false,
                 Err(TrySendError::Full(b)) => {
-                    self.kick();
                     if !self.send_waiting(b) {
                         return false;
                     }
@@ -220,6 +219,11 @@ impl HostLink {
     }
 
     fn send_waiting(&self, mut b: u8) -> bool {
+        // While the guest drains the channel (its register accesses refill the receive FIFO)
+        // a kick would only take the card's lock from it; a channel that stays full is
+        // kicked, in case the guest waits for an interrupt.
+        const KICK_EVERY: u32 = 100;
+        let mut waited = 0u32;
         loop {
             if self.stopped() {
                 return false;
@@ -229,6 +233,10 @@ impl HostLink {
                 Err(TrySendError::Disconnected(_)) => return false,
                 Err(TrySendError::Full(back)) => {
                     b = back;
+                    if waited % KICK_EVERY == 1 {
+                        self.kick();
+                    }
+                    waited = waited.wrapping_add(1);
                     // The device pulls from the channel when the guest reads RBR; a short
                     // sleep keeps this thread from spinning while the guest is busy.
                     std::thread::sleep(Duration::from_millis(1));
