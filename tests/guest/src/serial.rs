@@ -7,6 +7,8 @@
 //!   recv:BAUD:N:FILE   receive N bytes from the host into FILE
 //!   base:BAUD_BASE     set the port's clock so that divisor 1 is BAUD_BASE baud
 //!                      (TIOCSSERIAL, as `setserial TTY baud_base N` does)
+//!   hello              wait (up to a minute) for the host's `H` (`serial-peer --hello`),
+//!                      skipping anything before it: the host is attached
 //! ```
 //! The port is opened once, raw, 8N1, RTS/CTS flow control; each step sets its speed (any
 //! baud, through `BOTHER`). The guest leads and the host follows; each request is a command
@@ -29,6 +31,8 @@ use crate::{num, open_rw, Result};
 
 /// The whole exchange must end within this long (a stuck transfer fails, never hangs).
 const STEP_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long `hello` waits for the host.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Sets `tty` raw, 8N1, RTS/CTS, receiver on, modem lines ignored, at `baud`.
 fn configure(tty: &File, baud: u32) -> Result<()> {
@@ -113,6 +117,42 @@ fn set_baud_base(tty: &File, baud_base: u32) -> Result<()> {
     Ok(())
 }
 
+/// Reads until the host's `H`, for at most [`HELLO_TIMEOUT`].
+fn hello(tty: &mut File) -> Result<()> {
+    let deadline = Instant::now() + HELLO_TIMEOUT;
+    let mut b = [0u8];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("no hello from the host".into());
+        }
+        let mut pfd = libc::pollfd {
+            fd: tty.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd for an fd we hold open, for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("poll: {e}"));
+        }
+        if n == 0 {
+            continue;
+        }
+        match tty.read(&mut b) {
+            Ok(1) if b[0] == b'H' => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("tty read: {e}")),
+        }
+    }
+}
+
 fn request(tty: &mut File, cmd: u8, len: u32) -> Result<()> {
     let mut h = [cmd, 0, 0, 0, 0];
     h[1..].copy_from_slice(&len.to_le_bytes());
@@ -185,13 +225,18 @@ pub fn run(tty: &str, steps: &[&str]) -> Result<()> {
         match parts.as_slice() {
             ["send", b, path] => send(&mut f, baud(b)?, path)?,
             ["base", b] => set_baud_base(&f, baud(b)?)?,
+            ["hello"] => {
+                // Raw already, so that the host's byte comes through as it is.
+                configure(&f, 115_200)?;
+                hello(&mut f)?;
+            }
             ["recv", b, n, path] => {
                 let n = usize::try_from(num(n)?).map_err(|e| e.to_string())?;
                 recv(&mut f, baud(b)?, n, path)?;
             }
             _ => {
                 return Err(format!(
-                    "bad step '{step}' (send:BAUD:FILE, recv:BAUD:N:FILE, base:BAUD_BASE)"
+                    "bad step '{step}' (send:BAUD:FILE, recv:BAUD:N:FILE, base:BAUD_BASE, hello)"
                 ))
             }
         }

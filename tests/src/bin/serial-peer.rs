@@ -1,4 +1,4 @@
-//! `serial-peer SOCKET OUTDIR [TIMEOUT_SECS]`: the host end of the guest tool's
+//! `serial-peer [--hello] SOCKET OUTDIR [TIMEOUT_SECS]`: the host end of the guest tool's
 //! `guest-pci serial-xfer` on a serial port's socket console (connecting as soon as the socket
 //! exists, retrying until TIMEOUT_SECS, default 60; the same bound applies to every wait for
 //! the guest). The guest leads; each request is a command byte and a little-endian u32 N:
@@ -6,7 +6,8 @@
 //! - `R` N: N random bytes (from /dev/urandom) are sent and saved as OUTDIR/h2g-K.bin;
 //! - `Q`: the end (exit status 0).
 //!
-//! K counts the requests from 1. One line per transfer on stdout:
+//! With `--hello` it first sends `H` (the guest's `hello` step waits for it: the host is
+//! attached). K counts the requests from 1. One line per transfer on stdout:
 //! `serial-peer DIR K bytes=N secs=S bytes_per_s=R [reads=C]` (guest-to-host timed from the
 //! first byte received to the last, with C the number of reads that took them: how the
 //! console batched them; host-to-guest from the first write until all were written).
@@ -98,9 +99,13 @@ fn serve(sock: &mut UnixStream, outdir: &Path) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let hello = args.first().is_some_and(|a| a == "--hello");
+    if hello {
+        args.remove(0);
+    }
     let (Some(path), Some(outdir)) = (args.first(), args.get(1)) else {
-        eprintln!("usage: serial-peer SOCKET OUTDIR [TIMEOUT_SECS]");
+        eprintln!("usage: serial-peer [--hello] SOCKET OUTDIR [TIMEOUT_SECS]");
         return ExitCode::from(2);
     };
     let secs = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(60);
@@ -108,6 +113,9 @@ fn main() -> ExitCode {
     let r = connect(path, timeout).and_then(|mut s| {
         s.set_read_timeout(Some(timeout))
             .map_err(|e| e.to_string())?;
+        if hello {
+            s.write_all(b"H").map_err(|e| format!("hello: {e}"))?;
+        }
         serve(&mut s, &PathBuf::from(outdir))
     });
     match r {
