@@ -446,6 +446,14 @@ impl Uart {
         self.mcr.contains(Mcr::RTS)
     }
 
+    /// Whether the guest holds the line's bytes back: DTR up (a receiver is there) with RTS
+    /// down, which is how RTS/CTS flow control pauses the other end (Linux's driver does it
+    /// when its buffers fill, with `crtscts`). With both down (the port closed) nobody
+    /// receives, and bytes for a full FIFO overrun.
+    pub fn receive_paused(&self) -> bool {
+        self.mcr.contains(Mcr::DTR) && !self.mcr.contains(Mcr::RTS)
+    }
+
     /// Tells the port whether more received bytes are on their way; with none, data below
     /// the trigger level raises the character-timeout interrupt (there is no timer).
     pub fn set_rx_idle(&mut self, idle: bool) {
