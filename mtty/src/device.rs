@@ -9,7 +9,7 @@ use mdev::pci::{
     Bar, BarSpec, CommandRegister, InterruptLayout, PciConfig, PciDevice, PciFunction, PciIdentity,
     StatusRegister, PCI_NUM_BARS,
 };
-use mdev::{DeviceError, Interrupts, SetContext};
+use mdev::{DeviceError, Interrupts, IrqIndex, SetContext};
 
 use crate::card::{Card, Line, Port};
 use crate::console::{self, Console, ConsoleSpec, PortKick};
@@ -109,10 +109,7 @@ impl Mtty {
                     _ => {
                         let (guest, host) = console::link(kick.clone(), i, stop.clone());
                         hosts.push((i, spec.clone(), host));
-                        Port::new(Line::Console {
-                            link: guest,
-                            held: None,
-                        })
+                        Port::new(Line::console(guest))
                     }
                 })
                 .collect();
@@ -166,7 +163,7 @@ fn console_error(e: console::ConsoleError) -> DeviceError {
 impl PciFunction for Mtty {
     fn read_bar(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
         // A wider access is a run of byte accesses, as a bus splits it for a byte-wide part.
-        let done = self.card.with_port(usize::from(bar), |uart| {
+        let done = self.card.access(usize::from(bar), offset, false, |uart| {
             for (i, b) in data.iter_mut().enumerate() {
                 *b = match u8::try_from(offset + i as u64) {
                     Ok(off) => uart.read(off),
@@ -180,7 +177,7 @@ impl PciFunction for Mtty {
     }
 
     fn write_bar(&mut self, bar: u8, offset: u64, data: &[u8]) {
-        let _ = self.card.with_port(usize::from(bar), |uart| {
+        let _ = self.card.access(usize::from(bar), offset, true, |uart| {
             for (i, &b) in data.iter().enumerate() {
                 if let Ok(off) = u8::try_from(offset + i as u64) {
                     uart.write(off, b);
@@ -196,7 +193,12 @@ impl PciFunction for Mtty {
     }
 
     fn close_device(&mut self, _ctx: &SetContext) {
-        log::debug!("{}: last close; port state kept", self.name);
+        log::info!(
+            "{}: last close; port state kept; interrupts delivered so far: {} INTx, {} MSI",
+            self.name,
+            self.card.interrupts_delivered(IrqIndex::Intx),
+            self.card.interrupts_delivered(IrqIndex::Msi),
+        );
     }
 
     fn reset(&mut self) {

@@ -395,6 +395,30 @@ impl Uart {
         }
     }
 
+    /// Whether the transmit FIFO (the holding register with the FIFOs off) is full.
+    pub fn tx_full(&self) -> bool {
+        self.tx.len() >= self.capacity()
+    }
+
+    /// Bytes waiting in the receive FIFO.
+    pub fn rx_len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// How many received bytes raise the received-data interrupt (1 with the FIFOs off).
+    pub fn rx_trigger(&self) -> usize {
+        if self.fifo_enabled {
+            self.trigger
+        } else {
+            1
+        }
+    }
+
+    /// Whether LCR.DLAB maps the divisor latch over offsets 0 and 1.
+    pub fn divisor_latch_selected(&self) -> bool {
+        self.lcr.contains(Lcr::DLAB)
+    }
+
     /// Free places in the receive FIFO (1 deep with the FIFOs off).
     pub fn rx_space(&self) -> usize {
         self.capacity().saturating_sub(self.rx.len())
@@ -420,6 +444,14 @@ impl Uart {
     /// overrun.
     pub fn ready_to_receive(&self) -> bool {
         self.mcr.contains(Mcr::RTS)
+    }
+
+    /// Whether the guest holds the line's bytes back: DTR up (a receiver is there) with RTS
+    /// down, which is how RTS/CTS flow control pauses the other end (Linux's driver does it
+    /// when its buffers fill, with `crtscts`). With both down (the port closed) nobody
+    /// receives, and bytes for a full FIFO overrun.
+    pub fn receive_paused(&self) -> bool {
+        self.mcr.contains(Mcr::DTR) && !self.mcr.contains(Mcr::RTS)
     }
 
     /// Tells the port whether more received bytes are on their way; with none, data below

@@ -100,8 +100,12 @@ impl std::str::FromStr for ConsoleSpec {
 
 /// What a console thread tells the card.
 pub trait PortKick: Send + Sync + 'static {
-    /// Bytes moved on `port`'s channels: refill the FIFOs and update the interrupt line.
+    /// Bytes moved on `port`'s channels: refill the receive FIFO (and move the TX FIFO if
+    /// a full channel held it back), update the interrupt line.
     fn kick(&self, port: usize);
+    /// Nothing moved for a while: send what the TX FIFO holds (a guest that wrote bytes
+    /// and then left the port alone), as [`PortKick::kick`] does otherwise.
+    fn flush(&self, port: usize);
     /// The host side of `port` attached or went away (drives CTS/DSR/DCD).
     fn set_carrier(&self, port: usize, on: bool);
 }
@@ -185,7 +189,13 @@ impl HostLink {
                 self.kick();
                 Outgoing::Bytes(out)
             }
-            Err(RecvTimeoutError::Timeout) => Outgoing::Idle,
+            Err(RecvTimeoutError::Timeout) => {
+                drop(from_guest);
+                if let Some(card) = self.card.upgrade() {
+                    card.flush(self.port);
+                }
+                Outgoing::Idle
+            }
             Err(RecvTimeoutError::Disconnected) => Outgoing::Closed,
         }
     }
@@ -198,7 +208,6 @@ impl HostLink {
                 Ok(()) => {}
                 Err(TrySendError::Disconnected(_)) => return false,
                 Err(TrySendError::Full(b)) => {
-                    self.kick();
                     if !self.send_waiting(b) {
                         return false;
                     }
@@ -210,6 +219,11 @@ impl HostLink {
     }
 
     fn send_waiting(&self, mut b: u8) -> bool {
+        // While the guest drains the channel (its register accesses refill the receive FIFO)
+        // a kick would only take the card's lock from it; a channel that stays full is
+        // kicked, in case the guest waits for an interrupt.
+        const KICK_EVERY: u32 = 100;
+        let mut waited = 0u32;
         loop {
             if self.stopped() {
                 return false;
@@ -219,6 +233,10 @@ impl HostLink {
                 Err(TrySendError::Disconnected(_)) => return false,
                 Err(TrySendError::Full(back)) => {
                     b = back;
+                    if waited % KICK_EVERY == 1 {
+                        self.kick();
+                    }
+                    waited = waited.wrapping_add(1);
                     // The device pulls from the channel when the guest reads RBR; a short
                     // sleep keeps this thread from spinning while the guest is busy.
                     std::thread::sleep(Duration::from_millis(1));

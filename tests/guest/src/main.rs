@@ -12,6 +12,11 @@
 //!                                            as the `con2fbmap` tool does; busybox has none
 //! guest-pci io-read8 BDF BAR OFFSET          print a byte of an I/O BAR (hex)
 //! guest-pci io-write8 BDF BAR OFFSET VALUE   write a byte of an I/O BAR
+//! guest-pci bench BDF BAR OFFSET WIDTH N WRITE_VALUE EXPECT
+//!                                            time N reads and N writes of a register
+//!                                            (`bench.rs`)
+//! guest-pci serial-xfer TTY STEP...          timed transfers through a serial port against
+//!                                            the host's `serial-peer` (`serial.rs`)
 //! ```
 //! Numbers take `0x` for hex. Exit status 0 on success, 1 with a message on stderr otherwise.
 
@@ -20,6 +25,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::process::ExitCode;
+
+mod bench;
+mod serial;
 
 /// Offset of the command register and its enable bits.
 const PCI_COMMAND: u64 = 0x04;
@@ -105,6 +113,48 @@ impl Mapping {
         assert!(at.is_multiple_of(4) && at + 4 <= self.len);
         // SAFETY: as in `write32`.
         unsafe { std::ptr::read_volatile(self.ptr.add(at).cast::<u32>()) }
+    }
+
+    /// One naturally aligned access of `width` (1, 2 or 4) bytes at `at`, as one load.
+    fn read(&self, at: usize, width: usize) -> Result<u32> {
+        self.check(at, width)?;
+        // SAFETY: in bounds and naturally aligned (checked just above); volatile because this
+        // is device memory, so the access keeps its width.
+        let v = unsafe {
+            let p = self.ptr.add(at);
+            match width {
+                1 => u32::from(std::ptr::read_volatile(p)),
+                2 => u32::from(std::ptr::read_volatile(p.cast::<u16>())),
+                _ => std::ptr::read_volatile(p.cast::<u32>()),
+            }
+        };
+        Ok(v)
+    }
+
+    /// One naturally aligned store of the low `width` (1, 2 or 4) bytes of `v` at `at`.
+    fn write(&self, at: usize, width: usize, v: u32) -> Result<()> {
+        self.check(at, width)?;
+        let b = v.to_le_bytes();
+        // SAFETY: as in `read`.
+        unsafe {
+            let p = self.ptr.add(at);
+            match width {
+                1 => std::ptr::write_volatile(p, b[0]),
+                2 => std::ptr::write_volatile(p.cast::<u16>(), u16::from_le_bytes([b[0], b[1]])),
+                _ => std::ptr::write_volatile(p.cast::<u32>(), v),
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self, at: usize, width: usize) -> Result<()> {
+        if matches!(width, 1 | 2 | 4) && at.is_multiple_of(width) && at + width <= self.len {
+            Ok(())
+        } else {
+            Err(format!(
+                "access of {width} bytes at {at:#x} not aligned or outside the mapping"
+            ))
+        }
     }
 }
 
@@ -226,9 +276,11 @@ fn run(args: &[String]) -> Result<()> {
             let v = u8::try_from(num(val)?).map_err(|e| e.to_string())?;
             io_byte(bdf, bar, off, Some(v)).map(|_| ())
         }
+        ["bench", bdf, rest @ ..] => bench::run(bdf, rest),
+        ["serial-xfer", tty, steps @ ..] => serial::run(tty, steps),
         _ => Err(
-            "usage: guest-pci enable|fill|fill-file|read32|write32|con2fb|io-read8|io-write8 ... \
-             (see source)"
+            "usage: guest-pci enable|fill|fill-file|read32|write32|con2fb|io-read8|io-write8|\
+             bench|serial-xfer ... (see source)"
                 .into(),
         ),
     }
