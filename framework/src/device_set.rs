@@ -33,6 +33,9 @@ impl From<&str> for DeviceSetKey {
 
 struct SetState {
     members: Vec<MemberState>,
+    /// Threads waiting in [`DeviceHandle::wait_closed`]: a close wakes them only when there
+    /// are some (a condvar's notify is a system call even when nobody waits).
+    close_waiters: usize,
 }
 
 /// One device set: the set-wide lock and the open state of every member.
@@ -161,6 +164,7 @@ impl DeviceSets {
                 serial: SERIAL.fetch_add(1, Ordering::Relaxed),
                 state: Mutex::new(SetState {
                     members: Vec::new(),
+                    close_waiters: 0,
                 }),
                 closed: Condvar::new(),
                 registry: Arc::downgrade(&self.registry),
@@ -419,12 +423,14 @@ impl DeviceHandle {
             if left.is_zero() {
                 return false;
             }
+            st.close_waiters += 1;
             st = self
                 .set
                 .closed
                 .wait_timeout(st, left)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
+            st.close_waiters -= 1;
         }
     }
 
@@ -441,7 +447,9 @@ impl DeviceHandle {
             return;
         };
         let owner = st.members[pos].opens.remove(i).owner;
-        self.set.closed.notify_all();
+        if st.close_waiters > 0 {
+            self.set.closed.notify_all();
+        }
         self.interrupts.release(conn);
         let _ = self.run_hook("connection_closed", |d| {
             d.connection_closed(conn);

@@ -204,6 +204,8 @@ pub(super) fn own(kind: ThreadKind) -> SyscallSet {
                 1,
                 &[libc::F_GETFL as u32, libc::F_SETFL as u32],
             )
+            // Small replies without fds: `send` (no address), never raising SIGPIPE.
+            .allow_arg(libc::SYS_sendto, 3, &[libc::MSG_NOSIGNAL as u32])
             .union(&polling())
             .union(&file_memory())
             .union(&stopping_interrupts())
