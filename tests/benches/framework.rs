@@ -41,8 +41,8 @@ const ITERS: u32 = 20_000;
 /// Round trips measured for each placement and polling setting.
 const PLACED_ITERS: u32 = 10_000;
 
-/// The poll bound the "polling on" figures use (`serve --poll-us 50`).
-const POLL: Duration = Duration::from_micros(50);
+/// The poll bound the "polling on" figures use (the default of `serve --poll-us`).
+const POLL: Duration = Duration::from_micros(mdev::server::DEFAULT_POLL_US);
 
 /// Where the client and the server threads run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

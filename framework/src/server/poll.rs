@@ -19,11 +19,13 @@
 
 use std::time::Duration;
 
-/// The default bound of `serve --poll-us` and of [`poll_from_env`], in microseconds: on two
-/// loaded cores a 50 µs bound cut a trapped round trip between CPUs to 0.3–0.7× of the
-/// blocking server's, cost about 1 µs per request on one CPU (the poll loop yields) and
-/// nothing while idle (see the README's "Polling").
-pub const DEFAULT_POLL_US: u64 = 50;
+/// The default bound of `serve --poll-us` and of [`poll_from_env`], in microseconds, chosen
+/// in a TCG guest (`tests/e2e/bench`): a guest's register accesses follow each other by tens
+/// of microseconds there, so a 50 µs bound shrank to nothing between sysfs accesses, while
+/// 200 µs brought every device to 0.5–0.63× the rust-vmm peer's access time and 1000 µs did
+/// no better. Between CPUs on the host it halves a round trip; on one CPU the loop yields;
+/// idle it costs nothing (see the README's "Polling").
+pub const DEFAULT_POLL_US: u64 = 200;
 
 /// The environment variable that sets the poll bound in microseconds (`serve --poll-us`
 /// reads it too).
