@@ -20,6 +20,12 @@ E2E_LOGS="$E2E_CACHE/logs"
 mkdir -p "$E2E_LOGS"
 # shellcheck source=/dev/null
 [ -f "$E2E_CACHE/env.sh" ] && . "$E2E_CACHE/env.sh"
+if [ "${E2E_CACHE}" != "$E2E_REPO/.cache/e2e" ]; then
+  # env.sh was written for a checkout elsewhere (this one was copied or moved with its
+  # cache): never use that checkout's cache; provision (fast) rewrites env.sh for this one.
+  E2E_CACHE="$E2E_REPO/.cache/e2e"
+  unset E2E_QEMU_BIN
+fi
 
 e2e_provision() {
   "$E2E_DIR/provision" >/dev/null || return 1
