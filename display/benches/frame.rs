@@ -22,24 +22,6 @@ const ROUNDS: u32 = 20;
 /// Creating memory is cheap: more rounds.
 const CREATE_ROUNDS: u32 = 2000;
 
-/// A desktop-like picture: gradients, flat areas and some text-like noise.
-fn picture() -> Vec<u8> {
-    let mut fb = Vec::with_capacity((W * H * 4) as usize);
-    for y in 0..H {
-        for x in 0..W {
-            let (r, g, b) = if y < 40 {
-                (0x30, 0x30, 0x38)
-            } else if (x / 8 + y / 16) % 7 == 0 && (x ^ y) & 3 == 0 {
-                (0xee, 0xee, 0xee)
-            } else {
-                ((x * 255 / W) as u8, (y * 255 / H) as u8, 0x80)
-            };
-            fb.extend_from_slice(&[b, g, r, 0]);
-        }
-    }
-    fb
-}
-
 fn time<F: FnMut()>(f: F) -> Duration {
     time_rounds(ROUNDS, f)
 }
@@ -90,7 +72,7 @@ fn shared_memory_costs(fb: &[u8]) {
 }
 
 fn main() {
-    let fb = picture();
+    let fb = mdev_display::testing::desktop_picture(W, H);
     shared_memory_costs(&fb);
     let frame = Frame::new(Mode::packed(PixelFormat::Xrgb8888, W, H), &fb).expect("fits");
     let mut png = Vec::with_capacity(8 << 20);

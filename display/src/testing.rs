@@ -13,6 +13,25 @@ use memmap2::{MmapMut, MmapOptions};
 use crate::client::FRAMEBUFFER_REGION;
 use crate::format::Mode;
 
+/// A desktop-like XRGB8888 picture of `w`x`h` for benchmarks: a title bar, gradients and
+/// some text-like noise.
+pub fn desktop_picture(w: u32, h: u32) -> Vec<u8> {
+    let mut fb = Vec::with_capacity(w as usize * h as usize * 4);
+    for y in 0..h {
+        for x in 0..w {
+            let (r, g, b) = if y < 40 {
+                (0x30, 0x30, 0x38)
+            } else if (x / 8 + y / 16) % 7 == 0 && (x ^ y) & 3 == 0 {
+                (0xee, 0xee, 0xee)
+            } else {
+                ((x * 255 / w) as u8, (y * 255 / h) as u8, 0x80)
+            };
+            fb.extend_from_slice(&[b, g, r, 0]);
+        }
+    }
+    fb
+}
+
 /// The colour of pixel (`x`, `y`) of the test picture: gradients with a bright grid.
 pub fn pattern_colour(x: u32, y: u32) -> [u8; 3] {
     if x & 15 == 0 || y & 15 == 0 {

@@ -6,7 +6,7 @@
 //! ```text
 //!  fuzz/libfuzzer (libFuzzer, instrumented build) ─┐
 //!                                                  ├─► targets::{wire, server, pci_config,
-//!  tests/corpus.rs (cargo test: replays corpus/) ──┘              uart, mbochs, mdpy, rfb}::run
+//!  tests/corpus.rs (cargo test: replays corpus/) ──┘              uart, mtty_line, mbochs, mdpy, rfb}::run
 //! ```
 //!
 //! * `wire`: framing ([`mdev::wire::MessageReader`]) and [`mdev::wire::Request::parse`] of
@@ -14,6 +14,8 @@
 //! * `server`: message sequences on several connections against a live in-process server of
 //!   each device; replies, opens, budgets and fds are checked after every sequence.
 //! * `pci_config`, `uart`, `mbochs`, `mdpy`: register files driven as a guest would.
+//! * `mtty_line`: an mtty port between guest accesses and its console's channels; bytes
+//!   arrive at either end only as sent, in order.
 //! * `rfb`: what a VNC viewer sends, through the RFB client-message parser and a whole
 //!   server session; parsed messages re-encode and parse back to themselves.
 //!
@@ -32,11 +34,12 @@ pub mod targets;
 pub type Target = fn(&[u8]);
 
 /// Every target, by name: the corpus directory and the libFuzzer binary carry these names.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("wire", targets::wire::run),
     ("server", targets::server::run),
     ("pci_config", targets::pci_config::run),
     ("uart", targets::uart::run),
+    ("mtty_line", targets::mtty_line::run),
     ("mbochs", targets::mbochs::run),
     ("mdpy", targets::mdpy::run),
     ("rfb", targets::rfb::run),

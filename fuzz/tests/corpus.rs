@@ -63,6 +63,11 @@ fn every_mdpy_corpus_file_keeps_the_invariants() {
 }
 
 #[test]
+fn every_mtty_line_corpus_file_keeps_the_invariants() {
+    replay("mtty_line");
+}
+
+#[test]
 fn every_rfb_corpus_file_keeps_the_invariants() {
     replay("rfb");
 }

@@ -35,24 +35,6 @@ fn mode() -> Mode {
     Mode::packed(PixelFormat::Xrgb8888, W, H)
 }
 
-/// A desktop-like picture: a title bar, gradients, some text-like noise.
-fn desktop() -> Vec<u8> {
-    let mut fb = Vec::with_capacity((W * H * 4) as usize);
-    for y in 0..H {
-        for x in 0..W {
-            let (r, g, b) = if y < 40 {
-                (0x30, 0x30, 0x38)
-            } else if (x / 8 + y / 16) % 7 == 0 && (x ^ y) & 3 == 0 {
-                (0xee, 0xee, 0xee)
-            } else {
-                ((x * 255 / W) as u8, (y * 255 / H) as u8, 0x80)
-            };
-            fb.extend_from_slice(&[b, g, r, 0]);
-        }
-    }
-    fb
-}
-
 /// Draws text line `n` (8x16 "glyphs", about 100 characters) at pixel row `y`.
 fn draw_text_line(fb: &mut [u8], stride: usize, y: usize, n: u32) {
     let chars = 60 + (n * 37 % 60) as usize;
@@ -106,7 +88,10 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn full_frames() {
-    for (what, bytes) in [("desktop", desktop()), ("text console", console())] {
+    for (what, bytes) in [
+        ("desktop", mdev_display::testing::desktop_picture(W, H)),
+        ("text console", console()),
+    ] {
         let p = Picture::first(Some(mode()), bytes);
         for (name, enc) in [("Raw", RAW), ("ZRLE", ZRLE)] {
             let mut s = session(&p, enc);

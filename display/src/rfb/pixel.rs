@@ -77,6 +77,20 @@ impl RfbPixelFormat {
         blue_shift: 0,
     };
 
+    /// 16-bit 5-6-5 true colour, little-endian: what many viewers ask for on slow links.
+    pub const RGB565: RfbPixelFormat = RfbPixelFormat {
+        bits_per_pixel: 16,
+        depth: 16,
+        big_endian: false,
+        true_colour: true,
+        red_max: 31,
+        green_max: 63,
+        blue_max: 31,
+        red_shift: 11,
+        green_shift: 5,
+        blue_shift: 0,
+    };
+
     /// Decodes the 16 wire bytes (not validated: see [`Self::validate`]).
     pub fn from_bytes(b: &[u8; PIXEL_FORMAT_LEN]) -> Self {
         RfbPixelFormat {
@@ -382,17 +396,7 @@ mod tests {
 
     #[test]
     fn sixteen_bit_pixels_round_trip_through_the_framebuffer_format() {
-        let rgb565 = RfbPixelFormat {
-            bits_per_pixel: 16,
-            depth: 16,
-            red_max: 31,
-            green_max: 63,
-            blue_max: 31,
-            red_shift: 11,
-            green_shift: 5,
-            blue_shift: 0,
-            ..RfbPixelFormat::SERVER
-        };
+        let rgb565 = RfbPixelFormat::RGB565;
         let c = PixelConverter::new(rgb565);
         for v in [0u16, 1, 0x1f, 0x7e0, 0xf800, 0xffff, 0x1234, 0xabcd] {
             let mut out = Vec::new();
@@ -458,17 +462,7 @@ mod tests {
             ..RfbPixelFormat::SERVER
         };
         assert_eq!(deep.cpixel(), (0, 4));
-        let sixteen = RfbPixelFormat {
-            bits_per_pixel: 16,
-            depth: 16,
-            red_max: 31,
-            green_max: 63,
-            blue_max: 31,
-            red_shift: 11,
-            green_shift: 5,
-            blue_shift: 0,
-            ..RfbPixelFormat::SERVER
-        };
+        let sixteen = RfbPixelFormat::RGB565;
         assert_eq!(sixteen.cpixel(), (0, 2));
     }
 }

@@ -667,16 +667,8 @@ mod tests {
         let p = Picture::first(Some(mode), bytes);
         let mut s = ready(&p);
         let rgb565_be = RfbPixelFormat {
-            bits_per_pixel: 16,
-            depth: 16,
             big_endian: true,
-            red_max: 31,
-            green_max: 63,
-            blue_max: 31,
-            red_shift: 11,
-            green_shift: 5,
-            blue_shift: 0,
-            ..RfbPixelFormat::SERVER
+            ..RfbPixelFormat::RGB565
         };
         let mut m = vec![0, 0, 0, 0];
         m.extend_from_slice(&rgb565_be.to_bytes());

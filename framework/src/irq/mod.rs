@@ -311,17 +311,14 @@ impl IrqState {
     /// The device interrupt index (INTx, MSI, MSI-X) connection `owner` has routed, if any
     /// (VFIO allows one at a time).
     fn active_for(&self, owner: ConnectionId) -> Option<IrqIndex> {
-        self.indexes
-            .iter()
-            .enumerate()
-            .filter(|(p, _)| {
-                u32::try_from(*p)
-                    .ok()
-                    .and_then(IrqIndex::from_u32)
-                    .is_some_and(IrqIndex::is_device_interrupt)
-            })
-            .find(|(_, i)| i.routed_by(owner))
-            .and_then(|(p, _)| u32::try_from(p).ok().and_then(IrqIndex::from_u32))
+        self.first_device_index(|i| i.routed_by(owner))
+    }
+
+    /// The first device interrupt index (INTx, MSI, MSI-X) whose state satisfies `pred`.
+    fn first_device_index(&self, pred: impl Fn(&IndexState) -> bool) -> Option<IrqIndex> {
+        [IrqIndex::Intx, IrqIndex::Msi, IrqIndex::Msix]
+            .into_iter()
+            .find(|&index| self.indexes.get(index as usize).is_some_and(&pred))
     }
 
     /// Whether connection `owner` routed a vector of any index (REQ and ERR included).
@@ -426,18 +423,8 @@ impl Interrupts {
 
     /// The first device interrupt index (INTx, MSI, MSI-X) any connection has routed.
     pub fn active(&self) -> Option<IrqIndex> {
-        let st = self.lock();
-        st.indexes
-            .iter()
-            .enumerate()
-            .filter(|(p, _)| {
-                u32::try_from(*p)
-                    .ok()
-                    .and_then(IrqIndex::from_u32)
-                    .is_some_and(IrqIndex::is_device_interrupt)
-            })
-            .find(|(_, i)| i.vectors.iter().any(|v| !v.routes.is_empty()))
-            .and_then(|(p, _)| u32::try_from(p).ok().and_then(IrqIndex::from_u32))
+        self.lock()
+            .first_device_index(|i| i.vectors.iter().any(|v| !v.routes.is_empty()))
     }
 
     /// The device interrupt index (INTx, MSI, MSI-X) connection `owner` has routed, if any.

@@ -2,6 +2,7 @@
 
 pub mod mbochs;
 pub mod mdpy;
+pub mod mtty_line;
 pub mod pci_config;
 pub mod rfb;
 pub mod server;

@@ -200,6 +200,24 @@ impl HostLink {
         }
     }
 
+    /// Takes what the guest has transmitted so far, without waiting (for callers that must
+    /// never block, such as a fuzz driver; console threads use [`Self::next_outgoing`]).
+    pub fn outgoing_now(&self) -> Vec<u8> {
+        let from_guest = self.from_guest.lock().unwrap_or_else(|p| p.into_inner());
+        let out: Vec<u8> = from_guest.try_iter().take(CHANNEL_BYTES).collect();
+        drop(from_guest);
+        if !out.is_empty() {
+            self.kick();
+        }
+        out
+    }
+
+    /// Offers one received byte to the guest without waiting: false when the channel is full
+    /// or the device is gone. Call [`Self::kick`] after a batch.
+    pub fn offer(&self, b: u8) -> bool {
+        self.to_guest.try_send(b).is_ok()
+    }
+
     /// Hands received bytes to the guest, waiting while the channel is full (the guest
     /// holds them back with RTS). Returns false when the device is gone.
     pub fn deliver(&self, bytes: &[u8]) -> bool {
