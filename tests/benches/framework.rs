@@ -1,8 +1,9 @@
 //! Framework benchmarks, printed (never asserted):
 //! - a trapped 4-byte REGION_READ / REGION_WRITE round trip from a client that sends with one
 //!   `write` and reads with one `read` as the ping-pong does, next to a raw UNIX-socket
-//!   ping-pong of the same message sizes and the same placement, and their ratio: client
-//!   and server on one CPU and on two, with the server's polling off and on
+//!   ping-pong of the same message sizes and the same placement, and their ratio (medians of
+//!   rounds that alternate the two): client and server on one CPU and on two, with the
+//!   server's polling off and on
 //!   (`DeviceServer::set_poll`), and the server's CPU time per request;
 //!   targets: at most 1.05x the ping-pong on one CPU; across CPUs, polling on at most 0.6x
 //!   polling off; no server CPU while idle after the last request;
@@ -145,13 +146,6 @@ impl OthersCpu {
     }
 }
 
-/// One measured round trip: wall time and server CPU time per request, in microseconds.
-#[derive(Clone, Copy, Debug)]
-struct Trip {
-    us: f64,
-    server_cpu_us: f64,
-}
-
 fn per_op(d: Duration, n: u32) -> f64 {
     d.as_secs_f64() * 1e6 / f64::from(n)
 }
@@ -164,9 +158,28 @@ fn raw_ping_pong(req: usize, resp: usize) -> f64 {
 
 /// [`raw_ping_pong`] with the peer and this thread placed as `placement` says.
 fn raw_ping_pong_placed(req: usize, resp: usize, placement: Option<(Placement, &[usize])>) -> f64 {
-    let (mut a, mut b) = UnixStream::pair().unwrap();
-    let spawn = move || {
-        std::thread::spawn(move || {
+    let start = move || RawPeer::start(req, resp);
+    let mut peer = match placement {
+        Some((p, allowed)) => p.place(allowed, start),
+        None => start(),
+    };
+    peer.timed(1000);
+    peer.timed(ITERS)
+}
+
+/// The peer thread of a raw ping-pong (started on the calling thread's CPUs), and the
+/// client's end.
+struct RawPeer {
+    sock: UnixStream,
+    out: Vec<u8>,
+    inb: Vec<u8>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RawPeer {
+    fn start(req: usize, resp: usize) -> Self {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let thread = std::thread::spawn(move || {
             let mut inb = vec![0u8; req];
             let out = vec![0u8; resp];
             while b.read_exact(&mut inb).is_ok() {
@@ -174,27 +187,33 @@ fn raw_ping_pong_placed(req: usize, resp: usize, placement: Option<(Placement, &
                     break;
                 }
             }
-        })
-    };
-    let t = match placement {
-        Some((p, allowed)) => p.place(allowed, spawn),
-        None => spawn(),
-    };
-    let out = vec![1u8; req];
-    let mut inb = vec![0u8; resp];
-    for _ in 0..1000 {
-        a.write_all(&out).unwrap();
-        a.read_exact(&mut inb).unwrap();
+        });
+        RawPeer {
+            sock: a,
+            out: vec![1u8; req],
+            inb: vec![0u8; resp],
+            thread: Some(thread),
+        }
     }
-    let start = Instant::now();
-    for _ in 0..ITERS {
-        a.write_all(&out).unwrap();
-        a.read_exact(&mut inb).unwrap();
+
+    /// `n` round trips: microseconds per round trip.
+    fn timed(&mut self, n: u32) -> f64 {
+        let start = Instant::now();
+        for _ in 0..n {
+            self.sock.write_all(&self.out).unwrap();
+            self.sock.read_exact(&mut self.inb).unwrap();
+        }
+        per_op(start.elapsed(), n)
     }
-    let us = per_op(start.elapsed(), ITERS);
-    drop(a);
-    t.join().unwrap();
-    us
+}
+
+impl Drop for RawPeer {
+    fn drop(&mut self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn region_round_trips(dir: &ScratchDir) -> (f64, f64) {
@@ -316,9 +335,30 @@ fn region_access(write: bool) -> Vec<u8> {
     msg
 }
 
+/// Rounds the placed round trips are measured in, each ours right after the raw ping-pong's:
+/// the figures are medians over rounds, so a drift of this VM's speed between the two hits
+/// both alike.
+const PLACED_ROUNDS: u32 = 9;
+
+/// One placed round trip: medians over [`PLACED_ROUNDS`] of ours (wall time and the server's
+/// CPU time per request, microseconds), of the raw ping-pong's, and of their ratio.
+#[derive(Clone, Copy, Debug)]
+struct Trip {
+    us: f64,
+    server_cpu_us: f64,
+    raw_us: f64,
+    ratio: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Trapped 4-byte read and write round trips with the server's threads and this one placed
-/// as `placement` says and the server polling up to `poll`; then, with `idle` set, the
-/// server's CPU time over `idle` after the last request.
+/// as `placement` says and the server polling up to `poll`, in rounds alternating with a raw
+/// ping-pong of the same sizes and placement; then, with `idle` set, the server's CPU time
+/// over `idle` after the last request.
 fn placed_round_trips(
     dir: &ScratchDir,
     (placement, allowed): (Placement, &[usize]),
@@ -326,27 +366,41 @@ fn placed_round_trips(
     idle: Option<Duration>,
 ) -> (Trip, Trip, Option<Duration>) {
     let path = dir.join(&format!("placed-{}.sock", poll.as_micros()));
-    let (_sets, server) = placement.place(allowed, || probe_server(&path, "placed", poll));
+    let (_sets, server, mut raw_read, mut raw_write) = placement.place(allowed, || {
+        let (sets, server) = probe_server(&path, "placed", poll);
+        (sets, server, RawPeer::start(32, 36), RawPeer::start(36, 32))
+    });
     let mut c = LeanClient::open(&path);
     let read_msg = region_access(false);
     let write_msg = region_access(true);
     for _ in 0..1000 {
         c.round_trip(&read_msg);
     }
-    let n = PLACED_ITERS;
-    let mut timed = |msg: &[u8]| {
+    raw_read.timed(1000);
+    raw_write.timed(1000);
+    let n = PLACED_ITERS / PLACED_ROUNDS;
+    let mut ours = |msg: &[u8]| {
         let cpu = OthersCpu::start();
         let start = Instant::now();
         for _ in 0..n {
             c.round_trip(msg);
         }
-        Trip {
-            us: per_op(start.elapsed(), n),
-            server_cpu_us: per_op(cpu.stop(), n),
-        }
+        (per_op(start.elapsed(), n), per_op(cpu.stop(), n))
     };
-    let read = timed(&read_msg);
-    let write = timed(&write_msg);
+    let mut rounds = [Vec::new(), Vec::new()];
+    for _ in 0..PLACED_ROUNDS {
+        let raw = raw_read.timed(n);
+        rounds[0].push((ours(&read_msg), raw));
+        let raw = raw_write.timed(n);
+        rounds[1].push((ours(&write_msg), raw));
+    }
+    let [read, write] = rounds.map(|r| Trip {
+        us: median(r.iter().map(|((us, _), _)| *us).collect()),
+        // The raw peer's own CPU time is not the server's: taken from our rounds only.
+        server_cpu_us: median(r.iter().map(|((_, cpu), _)| *cpu).collect()),
+        raw_us: median(r.iter().map(|(_, raw)| *raw).collect()),
+        ratio: median(r.iter().map(|((us, _), raw)| us / raw).collect()),
+    });
     let idle_cpu = idle.map(|d| {
         // The last request's poll window (at most `poll`) runs out first.
         std::thread::sleep(poll + Duration::from_millis(10));
@@ -355,6 +409,7 @@ fn placed_round_trips(
         cpu.stop()
     });
     drop(c);
+    drop((raw_read, raw_write));
     server.shutdown();
     pin(allowed);
     (read, write, idle_cpu)
@@ -571,10 +626,6 @@ fn placed_figures(dir: &ScratchDir, allowed: &[usize]) {
     }
     let mut off_split = None;
     for placement in [Placement::OneCpu, Placement::TwoCpus] {
-        let at = Some((placement, allowed));
-        let raw_read = raw_ping_pong_placed(32, 36, at);
-        let raw_write = raw_ping_pong_placed(36, 32, at);
-        pin(allowed);
         for poll in [Duration::ZERO, POLL] {
             let idle = (!poll.is_zero() && placement == Placement::OneCpu)
                 .then_some(Duration::from_secs(1));
@@ -584,7 +635,7 @@ fn placed_figures(dir: &ScratchDir, allowed: &[usize]) {
             } else {
                 format!("polling <= {} us", poll.as_micros())
             };
-            for (what, t, raw) in [("READ ", read, raw_read), ("WRITE", write, raw_write)] {
+            for (what, t) in [("READ ", read), ("WRITE", write)] {
                 let target = match (placement, poll.is_zero(), off_split) {
                     (Placement::OneCpu, _, _) => " (target <= 1.05x)".to_string(),
                     (Placement::TwoCpus, false, Some((r, w))) => {
@@ -594,10 +645,11 @@ fn placed_figures(dir: &ScratchDir, allowed: &[usize]) {
                     _ => String::new(),
                 };
                 println!(
-                    "trapped 4-byte REGION_{what} {:>8}, {label:<17}: {:7.2} us   raw ping-pong {raw:6.2} us   ratio {:.2}x{target}   server CPU {:6.2} us/op",
+                    "trapped 4-byte REGION_{what} {:>8}, {label:<17}: {:7.2} us   raw ping-pong {:6.2} us   ratio {:.2}x{target}   server CPU {:6.2} us/op",
                     placement.name(),
                     t.us,
-                    t.us / raw,
+                    t.raw_us,
+                    t.ratio,
                     t.server_cpu_us,
                 );
             }
@@ -621,6 +673,7 @@ fn wanted(section: &str) -> bool {
 }
 
 fn main() {
+    mdev_tests::init_logging();
     let dir = ScratchDir::new("bench");
     let allowed = allowed_cpus();
     if wanted("placed") {
