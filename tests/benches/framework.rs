@@ -158,13 +158,46 @@ fn raw_ping_pong(req: usize, resp: usize) -> f64 {
 
 /// [`raw_ping_pong`] with the peer and this thread placed as `placement` says.
 fn raw_ping_pong_placed(req: usize, resp: usize, placement: Option<(Placement, &[usize])>) -> f64 {
-    let start = move || RawPeer::start(req, resp);
+    let start = move || RawPeer::start(req, resp, PeerReceive::Read);
     let mut peer = match placement {
         Some((p, allowed)) => p.place(allowed, start),
         None => start(),
     };
     peer.timed(1000);
     peer.timed(ITERS)
+}
+
+/// How a raw ping-pong's peer takes a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PeerReceive {
+    /// `read` of the message's size, as the bare ping-pong does.
+    Read,
+    /// `recvmsg` with room for fds, as every vfio-user server must (a client hands fds with
+    /// its messages), answered with one `send`: the floor of any such server.
+    RecvMsg,
+}
+
+/// One `recvmsg` on `sock` into `buf` with room for 8 fds (closing any that come): bytes
+/// received, 0 at the end or on an error.
+fn recvmsg_with_fds(sock: &UnixStream, buf: &mut [u8]) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: `msg` points to `buf` and `control`, which outlive the call; the kernel
+    // writes at most their sizes.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    // Nothing in the bench sends fds: any that came are dropped with the control buffer
+    // (a real server would take them).
+    usize::try_from(n).unwrap_or(0)
 }
 
 /// The peer thread of a raw ping-pong (started on the calling thread's CPUs), and the
@@ -177,13 +210,17 @@ struct RawPeer {
 }
 
 impl RawPeer {
-    fn start(req: usize, resp: usize) -> Self {
+    fn start(req: usize, resp: usize, receive: PeerReceive) -> Self {
         let (a, mut b) = UnixStream::pair().unwrap();
         let thread = std::thread::spawn(move || {
-            let mut inb = vec![0u8; req];
+            let mut inb = vec![0u8; req.max(4096)];
             let out = vec![0u8; resp];
-            while b.read_exact(&mut inb).is_ok() {
-                if b.write_all(&out).is_err() {
+            loop {
+                let got = match receive {
+                    PeerReceive::Read => b.read_exact(&mut inb[..req]).map_or(0, |()| req),
+                    PeerReceive::RecvMsg => recvmsg_with_fds(&b, &mut inb),
+                };
+                if got == 0 || b.write_all(&out).is_err() {
                     break;
                 }
             }
@@ -335,19 +372,22 @@ fn region_access(write: bool) -> Vec<u8> {
     msg
 }
 
-/// Rounds the placed round trips are measured in, each ours right after the raw ping-pong's:
-/// the figures are medians over rounds, so a drift of this VM's speed between the two hits
-/// both alike.
+/// Rounds the placed round trips are measured in, each ours right after the ping-pongs':
+/// the figures are medians over rounds, so a drift of this VM's speed between them hits all
+/// alike.
 const PLACED_ROUNDS: u32 = 9;
 
 /// One placed round trip: medians over [`PLACED_ROUNDS`] of ours (wall time and the server's
-/// CPU time per request, microseconds), of the raw ping-pong's, and of their ratio.
+/// CPU time per request, microseconds), of the raw ping-pong's and of the fd-capable
+/// ping-pong's ([`PeerReceive::RecvMsg`]), and of our ratios to them.
 #[derive(Clone, Copy, Debug)]
 struct Trip {
     us: f64,
     server_cpu_us: f64,
     raw_us: f64,
     ratio: f64,
+    fd_us: f64,
+    fd_ratio: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -355,10 +395,34 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// One round of one direction: ours (wall, server CPU), the raw ping-pong's, the fd-capable
+/// ping-pong's, microseconds per round trip.
+#[derive(Clone, Copy, Debug)]
+struct Round {
+    us: f64,
+    cpu: f64,
+    raw: f64,
+    fd: f64,
+}
+
+impl Trip {
+    fn of(rounds: &[Round]) -> Self {
+        let m = |f: &dyn Fn(&Round) -> f64| median(rounds.iter().map(f).collect());
+        Trip {
+            us: m(&|r| r.us),
+            server_cpu_us: m(&|r| r.cpu),
+            raw_us: m(&|r| r.raw),
+            ratio: m(&|r| r.us / r.raw),
+            fd_us: m(&|r| r.fd),
+            fd_ratio: m(&|r| r.us / r.fd),
+        }
+    }
+}
+
 /// Trapped 4-byte read and write round trips with the server's threads and this one placed
 /// as `placement` says and the server polling up to `poll`, in rounds alternating with a raw
-/// ping-pong of the same sizes and placement; then, with `idle` set, the server's CPU time
-/// over `idle` after the last request.
+/// and an fd-capable ping-pong of the same sizes and placement; then, with `idle` set, the
+/// server's CPU time over `idle` after the last request.
 fn placed_round_trips(
     dir: &ScratchDir,
     (placement, allowed): (Placement, &[usize]),
@@ -366,41 +430,42 @@ fn placed_round_trips(
     idle: Option<Duration>,
 ) -> (Trip, Trip, Option<Duration>) {
     let path = dir.join(&format!("placed-{}.sock", poll.as_micros()));
-    let (_sets, server, mut raw_read, mut raw_write) = placement.place(allowed, || {
+    let (_sets, server, mut peers) = placement.place(allowed, || {
         let (sets, server) = probe_server(&path, "placed", poll);
-        (sets, server, RawPeer::start(32, 36), RawPeer::start(36, 32))
+        let peers = [(32, 36), (36, 32)].map(|(req, resp)| {
+            [PeerReceive::Read, PeerReceive::RecvMsg].map(|how| RawPeer::start(req, resp, how))
+        });
+        (sets, server, peers)
     });
     let mut c = LeanClient::open(&path);
-    let read_msg = region_access(false);
-    let write_msg = region_access(true);
+    let msgs = [region_access(false), region_access(true)];
     for _ in 0..1000 {
-        c.round_trip(&read_msg);
+        c.round_trip(&msgs[0]);
     }
-    raw_read.timed(1000);
-    raw_write.timed(1000);
+    for peer in peers.iter_mut().flatten() {
+        peer.timed(1000);
+    }
     let n = PLACED_ITERS / PLACED_ROUNDS;
-    let mut ours = |msg: &[u8]| {
-        let cpu = OthersCpu::start();
-        let start = Instant::now();
-        for _ in 0..n {
-            c.round_trip(msg);
-        }
-        (per_op(start.elapsed(), n), per_op(cpu.stop(), n))
-    };
     let mut rounds = [Vec::new(), Vec::new()];
     for _ in 0..PLACED_ROUNDS {
-        let raw = raw_read.timed(n);
-        rounds[0].push((ours(&read_msg), raw));
-        let raw = raw_write.timed(n);
-        rounds[1].push((ours(&write_msg), raw));
+        for ((msg, [raw, fd]), rounds) in msgs.iter().zip(&mut peers).zip(&mut rounds) {
+            let raw = raw.timed(n);
+            let fd = fd.timed(n);
+            let cpu = OthersCpu::start();
+            let start = Instant::now();
+            for _ in 0..n {
+                c.round_trip(msg);
+            }
+            rounds.push(Round {
+                us: per_op(start.elapsed(), n),
+                // The peers' own CPU time is not the server's: taken from our loop only.
+                cpu: per_op(cpu.stop(), n),
+                raw,
+                fd,
+            });
+        }
     }
-    let [read, write] = rounds.map(|r| Trip {
-        us: median(r.iter().map(|((us, _), _)| *us).collect()),
-        // The raw peer's own CPU time is not the server's: taken from our rounds only.
-        server_cpu_us: median(r.iter().map(|((_, cpu), _)| *cpu).collect()),
-        raw_us: median(r.iter().map(|(_, raw)| *raw).collect()),
-        ratio: median(r.iter().map(|((us, _), raw)| us / raw).collect()),
-    });
+    let [read, write] = rounds.map(|r| Trip::of(&r));
     let idle_cpu = idle.map(|d| {
         // The last request's poll window (at most `poll`) runs out first.
         std::thread::sleep(poll + Duration::from_millis(10));
@@ -409,7 +474,7 @@ fn placed_round_trips(
         cpu.stop()
     });
     drop(c);
-    drop((raw_read, raw_write));
+    drop(peers);
     server.shutdown();
     pin(allowed);
     (read, write, idle_cpu)
@@ -645,11 +710,13 @@ fn placed_figures(dir: &ScratchDir, allowed: &[usize]) {
                     _ => String::new(),
                 };
                 println!(
-                    "trapped 4-byte REGION_{what} {:>8}, {label:<17}: {:7.2} us   raw ping-pong {:6.2} us   ratio {:.2}x{target}   server CPU {:6.2} us/op",
+                    "trapped 4-byte REGION_{what} {:>8}, {label:<17}: {:7.2} us   raw ping-pong {:6.2} us   ratio {:.2}x{target}   fd-capable ping-pong {:6.2} us   ratio {:.2}x   server CPU {:6.2} us/op",
                     placement.name(),
                     t.us,
                     t.raw_us,
                     t.ratio,
+                    t.fd_us,
+                    t.fd_ratio,
                     t.server_cpu_us,
                 );
             }

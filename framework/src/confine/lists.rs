@@ -206,8 +206,6 @@ pub(super) fn own(kind: ThreadKind) -> SyscallSet {
             )
             // Small replies without fds: `send` (no address), never raising SIGPIPE.
             .allow_arg(libc::SYS_sendto, 3, &[libc::MSG_NOSIGNAL as u32])
-            // Its own context-switch counts (where the client runs, `server::poll`).
-            .allow_arg(libc::SYS_getrusage, 0, &[libc::RUSAGE_THREAD as u32])
             .union(&polling())
             .union(&file_memory())
             .union(&stopping_interrupts())

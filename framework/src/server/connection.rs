@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 
-use super::poll::{involuntary_switches, PollWindow};
+use super::poll::PollWindow;
 use super::record::Recorder;
 use super::shared::Shared;
 use crate::device_set::{DeviceHandle, Open};
@@ -260,12 +260,6 @@ impl Connection<'_> {
     fn run(&mut self, shared: &Shared) {
         let deadlines = wire::Deadlines::idle_then(shared.message_timeout());
         let mut window = PollWindow::new(shared.poll_max());
-        // This thread's involuntary switches when the previous request arrived, while the
-        // window samples where the client runs.
-        let mut switches = None;
-        let mut client_shares_cpu = false;
-        // When the previous request arrived.
-        let mut arrived = None;
         loop {
             // The bound may change while the connection lives (`DeviceServer::set_poll`).
             window.set_max(shared.poll_max());
@@ -277,25 +271,7 @@ impl Connection<'_> {
                     .filter(|w| !w.is_zero())
                     .and_then(|w| replied.checked_add(w));
                 let next = self.reader.next_polling(&self.sock, &deadlines, poll_until);
-                let now = Instant::now();
-                let waited = now.saturating_duration_since(replied);
-                let cycle = arrived.map_or(waited, |a| now.saturating_duration_since(a));
-                arrived = Some(now);
-                let count = window.sampling().then(involuntary_switches).flatten();
-                let handed = switches.zip(count).map(|(was, now)| now != was);
-                if let Some(shared) = window.observe(waited, cycle, handed) {
-                    if shared != client_shares_cpu {
-                        debug!(
-                            "{}: {}: the client {} this thread's CPU: {} polling",
-                            self.handle.name(),
-                            self.id,
-                            if shared { "shares" } else { "does not share" },
-                            if shared { "pausing" } else { "resuming" },
-                        );
-                        client_shares_cpu = shared;
-                    }
-                }
-                switches = count;
+                window.observe(replied.elapsed());
                 next
             };
             let msg = match next {

@@ -15,8 +15,6 @@ pub use departure::{
     ask_and_wait, deadline_after, Departure, Disconnector, DEFAULT_REMOVE_TIMEOUT, DISCONNECT_LIMIT,
 };
 pub use listener::{DeviceServer, ServerError};
-pub use poll::{
-    involuntary_switches, poll_from_env, PollEnvError, PollWindow, DEFAULT_POLL_US, POLL_ENV,
-};
+pub use poll::{poll_from_env, PollEnvError, PollWindow, DEFAULT_POLL_US, POLL_ENV};
 pub use record::RECORD_DIR_ENV;
 pub use shared::{ConnectionStats, DEFAULT_MAX_CONNECTIONS, DEFAULT_MESSAGE_TIMEOUT};
