@@ -3,6 +3,7 @@
 //! that a well-behaved client never would.
 
 pub mod bochs_guest;
+pub mod open_fds;
 pub mod parent_harness;
 pub mod probe_device;
 pub mod pty;

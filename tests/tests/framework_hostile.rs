@@ -9,6 +9,7 @@ use mdev::server::DeviceServer;
 use mdev::wire::{
     self, Command, Header, RegionAccessMsg, HEADER_SIZE, MAX_DATA_XFER_SIZE, MAX_MESSAGE_SIZE,
 };
+use mdev_tests::open_fds::fds_named;
 use mdev_tests::probe_device::serve_probe;
 use mdev_tests::{init_logging, wait_until, HookLog, ProbeOptions, RawClient, ScratchDir};
 use vm_memory::ByteValued;
@@ -617,17 +618,6 @@ fn connections_past_the_limit_are_refused_and_the_rest_keep_working() {
     wait_until("every open released", || {
         f.server.handle().open_count() == 0
     });
-}
-
-/// Open fds of this process that refer to the memfd named `name` (the server runs in this
-/// process, so the fds it received are counted too; other tests' fds are not).
-fn fds_named(name: &str) -> usize {
-    let want = format!("/memfd:{name} (deleted)");
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|l| l.to_string_lossy() == want)
-        .count()
 }
 
 #[test]

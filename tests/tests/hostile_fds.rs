@@ -26,6 +26,7 @@ use mdev::region::{BAR0_REGION_INDEX, BAR2_REGION_INDEX, CONFIG_REGION_INDEX};
 use mdev_display::cli::snapshot_once;
 use mdev_display::testing::map_framebuffer_rw;
 use mdev_display::{Frame, Mode, ModeReader, PixelFormat};
+use mdev_tests::open_fds::open_fds;
 use mdev_tests::{wait_until, ParentHarness};
 use mdpy::{ConfigModeReader, MdpyDriver};
 use nix::errno::Errno;
@@ -36,13 +37,6 @@ use vfio_user::Client;
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// How many fds this process has open.
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .count()
 }
 
 /// A range of a region that holds device state (registers, config space).

@@ -7,7 +7,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,6 +20,7 @@ use mdev::wire::{
     self, Command, DmaMapMsg, DmaUnmapMsg, Header, RegionInfoMsg, SetIrqsMsg, HEADER_SIZE,
 };
 use mdev::{DeviceSets, SharedMemory};
+use mdev_tests::open_fds::{fds_on, identity};
 use mdev_tests::{init_logging, wait_until, RawClient, ScratchDir};
 use pci_passthrough::fake::{
     host_writes, hot_resets, Call, FakeSpec, FakeVfio, Op, FAKE_BAR0_SIZE, FAKE_ROM_SIZE,
@@ -455,22 +456,6 @@ fn region_info(c: &mut RawClient, index: u32) -> (Option<RegionInfoMsg>, Vec<Fil
         .is_none()
         .then(|| *RegionInfoMsg::from_slice(&reply.payload[..head]).expect("region info"));
     (info, fds.into_iter().map(File::from).collect())
-}
-
-/// The inode identity (device, inode) of an open file.
-fn identity(file: &File) -> (u64, u64) {
-    let meta = file.metadata().unwrap();
-    (meta.dev(), meta.ino())
-}
-
-/// How many of this process's fds are open on the file with `identity`: the server's own
-/// handle on the device, plus any a client of this process was handed.
-fn fds_on(identity: (u64, u64)) -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
-        .filter(|m| (m.dev(), m.ino()) == identity)
-        .count()
 }
 
 #[test]
