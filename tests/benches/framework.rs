@@ -1,9 +1,10 @@
 //! Framework benchmarks, printed (never asserted):
 //! - a trapped 4-byte REGION_READ / REGION_WRITE round trip from a client that sends with one
 //!   `write` and reads with one `read` as the ping-pong does, next to a raw UNIX-socket
-//!   ping-pong of the same message sizes and the same placement, and their ratio (medians of
-//!   rounds that alternate the two): client and server on one CPU and on two, with the
-//!   server's polling off and on
+//!   ping-pong of the same message sizes and the same placement, and their ratio, and next to
+//!   a ping-pong whose peer takes messages with `recvmsg` with room for fds as any vfio-user
+//!   server must (medians of rounds that alternate the three): client and server on one CPU
+//!   and on two, with the server's polling off and on
 //!   (`DeviceServer::set_poll`), and the server's CPU time per request;
 //!   targets: at most 1.05x the ping-pong on one CPU; across CPUs, polling on at most 0.6x
 //!   polling off; no server CPU while idle after the last request;
@@ -177,8 +178,12 @@ enum PeerReceive {
     RecvMsg,
 }
 
-/// One `recvmsg` on `sock` into `buf` with room for 8 fds (closing any that come): bytes
-/// received, 0 at the end or on an error.
+/// One `recvmsg` on `sock` into `buf` with room for 8 fds: bytes received, 0 at the end or
+/// on an error.
+///
+/// Its peer never sends fds, so the control buffer is never read: this times the receive
+/// call a vfio-user server makes, not fd handling (a real server takes the fds, as
+/// `mdev::wire` does).
 fn recvmsg_with_fds(sock: &UnixStream, buf: &mut [u8]) -> usize {
     use std::os::fd::AsRawFd;
     let mut control = [0u64; 8];
@@ -195,8 +200,6 @@ fn recvmsg_with_fds(sock: &UnixStream, buf: &mut [u8]) -> usize {
     // SAFETY: `msg` points to `buf` and `control`, which outlive the call; the kernel
     // writes at most their sizes.
     let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    // Nothing in the bench sends fds: any that came are dropped with the control buffer
-    // (a real server would take them).
     usize::try_from(n).unwrap_or(0)
 }
 
