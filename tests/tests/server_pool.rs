@@ -1,11 +1,14 @@
 //! The server's connection threads and its polling: connections reuse the pool's threads, a
-//! polling server answers as a blocking one does, and stops polling when its client goes
-//! quiet.
+//! polling server answers as a blocking one does, stops polling when its client goes quiet,
+//! and does not refuse clients for connections whose clients have gone.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mdev::device_set::DeviceSets;
+use mdev::wire::{Command, VersionMsg};
 use mdev_tests::probe_device::serve_probe;
+use mdev_tests::raw_client::RawClient;
 use mdev_tests::{init_logging, wait_until, HookLog, ProbeOptions, ScratchDir};
 use vfio_user::Client;
 
@@ -129,4 +132,77 @@ fn one_connection_after_another_reuses_the_pool_threads() {
             .load(std::sync::atomic::Ordering::Relaxed),
         50
     );
+}
+
+/// Pins the calling thread (and the threads it starts from now on) to the first CPU it may
+/// use.
+fn pin_to_one_cpu() {
+    // SAFETY: an all-zero cpu_set_t is an empty set; the calls get its size and a valid
+    // pointer to it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(libc::sched_getaffinity(0, size, &mut set), 0);
+        let first = (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .expect("a CPU this thread may use");
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(first, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size, &set), 0);
+    }
+}
+
+#[test]
+fn clients_one_after_another_on_the_servers_cpu_are_not_refused() {
+    init_logging();
+    let dir = ScratchDir::new("pool-probes");
+    let sets = DeviceSets::new();
+    // Client and server share one CPU, as a probe run again and again on a busy host does.
+    // Each client negotiates, asks one thing and goes. A server thread that polled for the
+    // next request waits longest for the CPU, so the client runs ahead of the threads that
+    // would see its earlier connections end; those must not count against the limit.
+    pin_to_one_cpu();
+    let s = serve_probe(
+        &sets,
+        &dir,
+        "poolprobes",
+        &HookLog::default(),
+        ProbeOptions::default(),
+        None,
+    );
+    s.server
+        .set_poll(Duration::from_micros(mdev::server::DEFAULT_POLL_US));
+    s.server.set_max_connections(4);
+    let n = 2000;
+    let mut failed = 0;
+    for _ in 0..n {
+        let mut c = RawClient::connect(&s.path);
+        c.send(Command::Version as u16, 0, &version_payload(), &[]);
+        if c.read_reply().is_none_or(|r| r.errno().is_some()) {
+            failed += 1;
+            continue;
+        }
+        // struct vfio_device_info: argsz (its own 16 bytes), then flags, regions, irqs.
+        let mut info = [0u8; 16];
+        info[..4].copy_from_slice(&16u32.to_le_bytes());
+        c.send(Command::DeviceGetInfo as u16, 0, &info, &[]);
+        if c.read_reply().is_none_or(|r| r.errno().is_some()) {
+            failed += 1;
+        }
+    }
+    let refused = s.server.stats().refused.load(Ordering::Relaxed);
+    assert_eq!(
+        (failed, refused),
+        (0, 0),
+        "{failed} of {n} clients failed, {refused} refused as over the limit of 4"
+    );
+    wait_until("every connection to end", || s.server.connections() == 0);
+}
+
+/// VERSION 0.1 with the capabilities a client sends.
+fn version_payload() -> Vec<u8> {
+    let v = VersionMsg { major: 0, minor: 1 };
+    let mut payload = vm_memory::ByteValued::as_slice(&v).to_vec();
+    payload.extend_from_slice(b"{\"capabilities\":{\"max_msg_fds\":8}}\0");
+    payload
 }

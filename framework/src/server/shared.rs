@@ -2,6 +2,7 @@
 //! live connections (for an orderly shutdown), the limits new connections get, and counters.
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -31,6 +32,34 @@ pub struct ConnectionStats {
     pub dropped: AtomicU64,
     /// Connections refused because the device already served its maximum.
     pub refused: AtomicU64,
+}
+
+/// How many of `streams` have a client that hung up: their threads have yet to see the end
+/// of the stream and close. Such a connection does not count against the limit: on a CPU
+/// that clients and server share, a client that connects, asks and goes again and again can
+/// run ahead of the threads that would see its earlier connections end (a thread that
+/// polled for its client's next request waits longest for the CPU), and it would be refused
+/// for connections that are over in all but name.
+fn hung_up<'a>(streams: impl Iterator<Item = &'a Arc<UnixStream>>) -> usize {
+    let mut fds: Vec<libc::pollfd> = streams
+        .map(|s| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        })
+        .collect();
+    let Ok(n) = libc::nfds_t::try_from(fds.len()) else {
+        return 0;
+    };
+    // SAFETY: `fds` holds `n` pollfd entries of open sockets (their connections are live
+    // while the caller holds the map's lock); a zero timeout never waits.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), n, 0) };
+    if ready <= 0 {
+        return 0;
+    }
+    fds.iter()
+        .filter(|f| f.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0)
+        .count()
 }
 
 /// The state of one server that its threads share.
@@ -102,7 +131,7 @@ impl Shared {
     pub(crate) fn admit(&self, id: ConnectionId, stream: Arc<UnixStream>) -> bool {
         let mut live = self.live();
         let max = self.max_connections.load(Ordering::Relaxed);
-        if live.len() >= max {
+        if live.len() >= max && live.len() - hung_up(live.values()) >= max {
             let refused = self.stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
             if refused.is_power_of_two() {
                 log::warn!(
