@@ -2,15 +2,17 @@
 //! polling server answers as a blocking one does, stops polling when its client goes quiet,
 //! and does not refuse clients for connections whose clients have gone.
 
+use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mdev::device_set::DeviceSets;
-use mdev::wire::{Command, VersionMsg};
+use mdev::wire::{Command, RegionAccessMsg, VersionMsg};
 use mdev_tests::probe_device::serve_probe;
 use mdev_tests::raw_client::RawClient;
 use mdev_tests::{init_logging, wait_until, HookLog, ProbeOptions, ScratchDir};
 use vfio_user::Client;
+use vm_memory::ByteValued;
 
 /// One thread of this process: its name and the CPU time it has used (clock ticks).
 struct Task {
@@ -199,10 +201,54 @@ fn clients_one_after_another_on_the_servers_cpu_are_not_refused() {
     wait_until("every connection to end", || s.server.connections() == 0);
 }
 
+#[test]
+fn a_client_that_stops_reading_and_shuts_down_its_sending_side_still_holds_its_slot() {
+    init_logging();
+    let dir = ScratchDir::new("pool-halfclosed");
+    let sets = DeviceSets::new();
+    let s = serve_probe(
+        &sets,
+        &dir,
+        "poolhalf",
+        &HookLog::default(),
+        ProbeOptions::default(),
+        None,
+    );
+    s.server.set_max_connections(1);
+    let mut a = RawClient::connect(&s.path);
+    a.send(Command::Version as u16, 0, &version_payload(), &[]);
+    assert!(a.read_reply().is_some_and(|r| r.errno().is_none()));
+    // 100 reads of the whole 4 KiB register BAR, whose replies (400 KiB, more than a socket
+    // buffer holds) are never read: the serving thread ends up blocked sending them. Then
+    // only the sending side goes.
+    let read = RegionAccessMsg {
+        offset: 0,
+        region: 0,
+        count: 4096,
+    };
+    for _ in 0..100 {
+        a.send(Command::RegionRead as u16, 0, read.as_slice(), &[]);
+    }
+    a.sock.shutdown(Shutdown::Write).expect("shutdown");
+    // The thread is held by this client still: a second one is over the limit.
+    let mut b = RawClient::connect(&s.path);
+    b.send(Command::Version as u16, 0, &version_payload(), &[]);
+    assert!(b.read_reply().is_none(), "a second client was taken on");
+    assert_eq!(s.server.stats().refused.load(Ordering::Relaxed), 1);
+    // Once the first client has gone for good, its slot is free again.
+    drop(a);
+    wait_until("the first connection to end", || {
+        s.server.connections() == 0
+    });
+    let mut c = RawClient::connect(&s.path);
+    c.send(Command::Version as u16, 0, &version_payload(), &[]);
+    assert!(c.read_reply().is_some_and(|r| r.errno().is_none()));
+}
+
 /// VERSION 0.1 with the capabilities a client sends.
 fn version_payload() -> Vec<u8> {
     let v = VersionMsg { major: 0, minor: 1 };
-    let mut payload = vm_memory::ByteValued::as_slice(&v).to_vec();
+    let mut payload = v.as_slice().to_vec();
     payload.extend_from_slice(b"{\"capabilities\":{\"max_msg_fds\":8}}\0");
     payload
 }

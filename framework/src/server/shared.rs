@@ -34,17 +34,21 @@ pub struct ConnectionStats {
     pub refused: AtomicU64,
 }
 
-/// How many of `streams` have a client that hung up: their threads have yet to see the end
-/// of the stream and close. Such a connection does not count against the limit: on a CPU
-/// that clients and server share, a client that connects, asks and goes again and again can
-/// run ahead of the threads that would see its earlier connections end (a thread that
-/// polled for its client's next request waits longest for the CPU), and it would be refused
-/// for connections that are over in all but name.
+/// How many of `streams` have a client that hung up (closed its end, or shut down both
+/// directions): their threads have yet to see the end of the stream and close, and nothing
+/// can hold them any more (a receive ends, a reply fails with EPIPE). Such a connection does
+/// not count against the limit: on a CPU that clients and server share, a client that
+/// connects, asks and goes again and again can run ahead of the threads that would see its
+/// earlier connections end (a thread that polled for its client's next request waits
+/// longest for the CPU), and it would be refused for connections that are over in all but
+/// name. A client that only shut down its sending side still counts: it may leave its
+/// thread blocked in sending it replies it never reads.
 fn hung_up<'a>(streams: impl Iterator<Item = &'a Arc<UnixStream>>) -> usize {
     let mut fds: Vec<libc::pollfd> = streams
         .map(|s| libc::pollfd {
             fd: s.as_raw_fd(),
-            events: libc::POLLRDHUP,
+            // POLLHUP is reported whatever is asked for.
+            events: 0,
             revents: 0,
         })
         .collect();
@@ -58,7 +62,7 @@ fn hung_up<'a>(streams: impl Iterator<Item = &'a Arc<UnixStream>>) -> usize {
         return 0;
     }
     fds.iter()
-        .filter(|f| f.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0)
+        .filter(|f| f.revents & libc::POLLHUP != 0)
         .count()
 }
 
