@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mdev::device_set::DeviceSets;
 use mdev::wire::{Command, RegionAccessMsg, VersionMsg};
-use mdev_tests::probe_device::serve_probe;
+use mdev_tests::probe_device::{serve_probe, ServedProbe};
 use mdev_tests::raw_client::RawClient;
 use mdev_tests::{init_logging, wait_until, HookLog, ProbeOptions, ScratchDir};
 use vfio_user::Client;
@@ -53,19 +53,26 @@ fn server_ticks(name: &str) -> u64 {
         .sum()
 }
 
-#[test]
-fn a_polling_server_stops_polling_when_its_client_goes_quiet() {
+/// A probe device named `name` served from a scratch directory named `dir`; the directory
+/// and the device sets live as long as the first two values.
+fn probe(dir: &str, name: &str) -> (ScratchDir, DeviceSets, ServedProbe) {
     init_logging();
-    let dir = ScratchDir::new("idle-poll");
+    let dir = ScratchDir::new(dir);
     let sets = DeviceSets::new();
-    let s = serve_probe(
+    let served = serve_probe(
         &sets,
         &dir,
-        "idlepoll",
+        name,
         &HookLog::default(),
         ProbeOptions::default(),
         None,
     );
+    (dir, sets, served)
+}
+
+#[test]
+fn a_polling_server_stops_polling_when_its_client_goes_quiet() {
+    let (_dir, _sets, s) = probe("idle-poll", "idlepoll");
     // A generous bound: a server that kept polling would use a whole CPU second below.
     s.server.set_poll(Duration::from_millis(2));
     assert_eq!(s.server.poll(), Duration::from_millis(2));
@@ -100,17 +107,7 @@ fn a_polling_server_stops_polling_when_its_client_goes_quiet() {
 
 #[test]
 fn one_connection_after_another_reuses_the_pool_threads() {
-    init_logging();
-    let dir = ScratchDir::new("pool-reuse");
-    let sets = DeviceSets::new();
-    let s = serve_probe(
-        &sets,
-        &dir,
-        "poolreuse",
-        &HookLog::default(),
-        ProbeOptions::default(),
-        None,
-    );
+    let (_dir, _sets, s) = probe("pool-reuse", "poolreuse");
     let pool_threads = || {
         tasks()
             .iter()
@@ -156,22 +153,12 @@ fn pin_to_one_cpu() {
 
 #[test]
 fn clients_one_after_another_on_the_servers_cpu_are_not_refused() {
-    init_logging();
-    let dir = ScratchDir::new("pool-probes");
-    let sets = DeviceSets::new();
     // Client and server share one CPU, as a probe run again and again on a busy host does.
     // Each client negotiates, asks one thing and goes. A server thread that polled for the
     // next request waits longest for the CPU, so the client runs ahead of the threads that
     // would see its earlier connections end; those must not count against the limit.
     pin_to_one_cpu();
-    let s = serve_probe(
-        &sets,
-        &dir,
-        "poolprobes",
-        &HookLog::default(),
-        ProbeOptions::default(),
-        None,
-    );
+    let (_dir, _sets, s) = probe("pool-probes", "poolprobes");
     s.server
         .set_poll(Duration::from_micros(mdev::server::DEFAULT_POLL_US));
     s.server.set_max_connections(4);
@@ -203,17 +190,7 @@ fn clients_one_after_another_on_the_servers_cpu_are_not_refused() {
 
 #[test]
 fn a_client_that_stops_reading_and_shuts_down_its_sending_side_still_holds_its_slot() {
-    init_logging();
-    let dir = ScratchDir::new("pool-halfclosed");
-    let sets = DeviceSets::new();
-    let s = serve_probe(
-        &sets,
-        &dir,
-        "poolhalf",
-        &HookLog::default(),
-        ProbeOptions::default(),
-        None,
-    );
+    let (_dir, _sets, s) = probe("pool-halfclosed", "poolhalf");
     s.server.set_max_connections(1);
     let mut a = RawClient::connect(&s.path);
     a.send(Command::Version as u16, 0, &version_payload(), &[]);
