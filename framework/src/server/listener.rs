@@ -126,7 +126,9 @@ impl DeviceServer {
     }
 
     /// Serves at most `n` connections at once (default [`DEFAULT_MAX_CONNECTIONS`]); a client
-    /// connecting beyond that is closed at once. Connections already open are not affected.
+    /// connecting beyond that is closed at once. A connection whose client has closed its end
+    /// does not count, though its thread has yet to see it. Connections already open are not
+    /// affected.
     pub fn set_max_connections(&self, n: usize) {
         self.shared.set_max_connections(n);
     }
