@@ -14,7 +14,7 @@
 //! ([`Interrupts::signal_request`]).
 //!
 //! Only eventfds are accepted, and the thread raising an interrupt never writes one: each
-//! connection's eventfds are written by a delivery thread of its own ([`signaller`]), so a
+//! connection's eventfds are written by a delivery thread of its own (`signaller.rs`), so a
 //! client that makes its eventfd block stalls nobody but itself.
 
 mod signaller;

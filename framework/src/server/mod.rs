@@ -1,6 +1,6 @@
 //! Serving one device on one UNIX socket to any number of concurrent client connections.
 //! Each connection is one "open" of the device and is served by a thread of the server's
-//! pool ([`workers`]) for as long as it lives; after a request a connection may poll its
+//! pool (`workers.rs`) for as long as it lives; after a request a connection may poll its
 //! socket for a while before it blocks ([`PollWindow`]).
 
 mod connection;
