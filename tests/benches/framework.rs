@@ -556,6 +556,9 @@ fn connect_cost(dir: &ScratchDir, allowed: &[usize], msg: &[u8], poll: Duration)
     (us, reply)
 }
 
+/// Rounds of the connect figures (each one connects 3300 times to each of its four).
+const CONNECT_ROUNDS: usize = 5;
+
 /// Tells the raw connect servers' sockets apart.
 static SERIAL: AtomicUsize = AtomicUsize::new(0);
 
@@ -773,13 +776,26 @@ fn main() {
     if wanted("connect") {
         let version = version_message();
         for poll in [Duration::ZERO, POLL] {
-            let (connect, reply) = connect_cost(&dir, &allowed, &version, poll);
-            let raw_connect =
-                raw_ping_pong_placed(version.len(), reply, Some((Placement::OneCpu, &allowed)));
-            pin(&allowed);
-            let floor = raw_connect_cost(&dir, &allowed, version.len(), reply, 1);
-            let floor2 = raw_connect_cost(&dir, &allowed, version.len(), reply, 2);
-            println!("connect + VERSION + close (one CPU, polling {:>2} us): {connect:7.2} us   raw ping-pong {raw_connect:6.2} us ({} bytes out, {reply} back)   ratio {:.2}x (target <= 2.7x, libvfio-user's)   a minimal accept/answer/close server {floor:6.2} us ({:.2}x the ping-pong; ours {:.2}x it)   the same with two threads in accept {floor2:6.2} us ({:.2}x; ours {:.2}x it)", poll.as_micros(), version.len(), connect / raw_connect, floor / raw_connect, connect / floor, floor2 / raw_connect, connect / floor2);
+            // Rounds alternate ours with the ping-pong and the floors, so that a drift of the
+            // machine's speed hits all four alike; medians are printed.
+            let (mut ours, mut raw, mut one, mut two) = (vec![], vec![], vec![], vec![]);
+            let mut reply = 0;
+            for _ in 0..CONNECT_ROUNDS {
+                let (c, r) = connect_cost(&dir, &allowed, &version, poll);
+                ours.push(c);
+                reply = r;
+                raw.push(raw_ping_pong_placed(
+                    version.len(),
+                    reply,
+                    Some((Placement::OneCpu, &allowed)),
+                ));
+                pin(&allowed);
+                one.push(raw_connect_cost(&dir, &allowed, version.len(), reply, 1));
+                two.push(raw_connect_cost(&dir, &allowed, version.len(), reply, 2));
+            }
+            let (connect, raw_connect) = (median(ours), median(raw));
+            let (floor, floor2) = (median(one), median(two));
+            println!("connect + VERSION + close (one CPU, polling {:>2} us, medians of {CONNECT_ROUNDS} rounds): {connect:7.2} us   raw ping-pong {raw_connect:6.2} us ({} bytes out, {reply} back)   ratio {:.2}x (target <= 2.7x, libvfio-user's)   a minimal accept/answer/close server {floor:6.2} us ({:.2}x the ping-pong; ours {:.2}x it)   the same with two threads in accept {floor2:6.2} us ({:.2}x; ours {:.2}x it)", poll.as_micros(), version.len(), connect / raw_connect, floor / raw_connect, connect / floor, floor2 / raw_connect, connect / floor2);
         }
     }
     if wanted("classic") {
