@@ -2,12 +2,14 @@
 //! live connections (for an orderly shutdown), the limits new connections get, and counters.
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::device_set::DeviceHandle;
 use crate::owner::ConnectionId;
@@ -34,7 +36,7 @@ pub struct ConnectionStats {
     pub refused: AtomicU64,
 }
 
-/// How many of `streams` have a client that hung up (closed its end, or shut down both
+/// Which of `streams` have a client that hung up (closed its end, or shut down both
 /// directions): their threads have yet to see the end of the stream and close, and nothing
 /// can hold them any more (a receive ends, a reply fails with EPIPE). Such a connection does
 /// not count against the limit: on a CPU that clients and server share, a client that
@@ -43,27 +45,20 @@ pub struct ConnectionStats {
 /// longest for the CPU), and it would be refused for connections that are over in all but
 /// name. A client that only shut down its sending side still counts: it may leave its
 /// thread blocked in sending it replies it never reads.
-fn hung_up<'a>(streams: impl Iterator<Item = &'a Arc<UnixStream>>) -> usize {
-    let mut fds: Vec<libc::pollfd> = streams
-        .map(|s| libc::pollfd {
-            fd: s.as_raw_fd(),
-            // POLLHUP is reported whatever is asked for.
-            events: 0,
-            revents: 0,
-        })
+fn hung_up(streams: &[(ConnectionId, Arc<UnixStream>)]) -> Vec<ConnectionId> {
+    // POLLHUP is reported whatever is asked for; a zero timeout never waits.
+    let mut fds: Vec<PollFd> = streams
+        .iter()
+        .map(|(_, s)| PollFd::new(s.as_fd(), PollFlags::empty()))
         .collect();
-    let Ok(n) = libc::nfds_t::try_from(fds.len()) else {
-        return 0;
-    };
-    // SAFETY: `fds` holds `n` pollfd entries of open sockets (their connections are live
-    // while the caller holds the map's lock); a zero timeout never waits.
-    let ready = unsafe { libc::poll(fds.as_mut_ptr(), n, 0) };
-    if ready <= 0 {
-        return 0;
+    if poll(&mut fds, PollTimeout::ZERO).unwrap_or(0) <= 0 {
+        return Vec::new();
     }
     fds.iter()
-        .filter(|f| f.revents & libc::POLLHUP != 0)
-        .count()
+        .zip(streams)
+        .filter(|(f, _)| f.revents().is_some_and(|r| r.contains(PollFlags::POLLHUP)))
+        .map(|(_, (id, _))| *id)
+        .collect()
 }
 
 /// The state of one server that its threads share.
@@ -133,9 +128,22 @@ impl Shared {
     /// Takes connection `id` on (its socket is `stream`) unless the server is full; `false`
     /// when it is refused (counted, and warned of now and then).
     pub(crate) fn admit(&self, id: ConnectionId, stream: Arc<UnixStream>) -> bool {
-        let mut live = self.live();
         let max = self.max_connections.load(Ordering::Relaxed);
-        if live.len() >= max && live.len() - hung_up(live.values()) >= max {
+        // Only when full are the clients' sockets looked at, and outside the lock every
+        // connection's start and end takes.
+        let full = {
+            let live = self.live();
+            (live.len() >= max).then(|| {
+                live.iter()
+                    .map(|(id, s)| (*id, s.clone()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let gone = full.as_deref().map_or_else(Vec::new, hung_up);
+        let mut live = self.live();
+        // Those that hung up and are still there (some may have ended meanwhile).
+        let going = gone.iter().filter(|id| live.contains_key(id)).count();
+        if live.len() - going >= max {
             let refused = self.stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
             if refused.is_power_of_two() {
                 log::warn!(
